@@ -1,0 +1,336 @@
+"""The emotion-trace network: per-modality branches, fusion, a temporal model and multi-task heads.
+
+Owns `AVDNet` and its hyper-parameters (`default_model_config`). One network covers every
+experiment: which modality branches exist is `config.modalities` (unimodal and multimodal models
+differ only there), the temporal model is `config.temporal` ('tcn' or 'gru'), and single-task
+learning is the same network with `num_tasks=1`.
+
+Inputs follow the data contract in BUILD_NOTES.md, per window of T label frames (25 Hz):
+`audio` [B, T*640], `logmel` [B, T*4, 40], `mocap` [B, T, D], already z-normalised. Every branch
+maps its modality to one embedding per label frame, [B, T, width], so fusion is a per-frame
+concatenation. Output: [B, T, num_tasks].
+
+Built for functional use (`nnx.split(model, nnx.Param)` / `nnx.merge`) inside jit, shard_map and
+vmap: every piece of state is an `nnx.Param` and nothing is written during a forward pass (no
+dropout, no BatchNorm, no RNG streams; the GRU carry starts at zeros).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+import math
+
+from flax import nnx
+import jax
+import jax.numpy as jnp
+import ml_collections
+
+MODALITIES = ('audio', 'logmel', 'mocap')
+TEMPORAL_MODELS = ('tcn', 'gru')
+
+
+def default_model_config() -> ml_collections.ConfigDict:
+  """Hyper-parameters of `AVDNet`, sized to train in minutes on 2 CPU cores (T=100, batch 32)."""
+  config = ml_collections.ConfigDict()
+  # Which branches exist, a subset of MODALITIES.
+  config.modalities = ('audio', 'logmel', 'mocap')
+
+  # Raw-audio branch: strided 1-D convolutions from 16 kHz down to 25 Hz. The strides must
+  # multiply to the samples per label frame (640), so that with SAME padding the branch
+  # yields exactly T frames. The first layers run at the highest rates, so they stay narrow.
+  config.audio_channels = (16, 32, 64, 64)
+  config.audio_kernel_sizes = (20, 8, 8, 8)
+  config.audio_strides = (10, 4, 4, 4)
+
+  # Log-mel branch: the 4 log-mel frames (10 ms hop) of each 40 ms label frame are stacked and
+  # passed through a per-frame MLP.
+  config.logmel_frames_per_label = 4
+  config.logmel_width = 64
+
+  # Mocap branch: per-frame MLP over the marker features.
+  config.mocap_width = 64
+
+  # Fused per-frame representation and the temporal model over it.
+  config.trunk_width = 64
+  config.temporal = 'tcn'
+  config.tcn_kernel_size = 3
+  # Receptive field 1 + (kernel - 1) * sum(dilations) = 31 frames (1.24 s).
+  config.tcn_dilations = (1, 2, 4, 8)
+  config.gru_hidden = 64  # per direction
+  config.gru_layers = 1
+
+  # Per-task head: one hidden layer per task on top of the shared trunk.
+  config.head_hidden = 32
+  return config
+
+
+def _lecun_normal(in_axis=-2, out_axis=-1, batch_axis=()):
+  return jax.nn.initializers.variance_scaling(
+      1.0, 'fan_in', 'truncated_normal', in_axis=in_axis, out_axis=out_axis,
+      batch_axis=batch_axis)
+
+
+class AudioBranch(nnx.Module):
+  """Strided 1-D convolutions from the waveform to one embedding per label frame."""
+
+  def __init__(self, config: ml_collections.ConfigDict, samples_per_frame: int, *,
+               rngs: nnx.Rngs):
+    channels = tuple(config.audio_channels)
+    kernel_sizes = tuple(config.audio_kernel_sizes)
+    strides = tuple(config.audio_strides)
+    if not len(channels) == len(kernel_sizes) == len(strides):
+      raise ValueError(
+          'audio_channels, audio_kernel_sizes and audio_strides need one entry per layer, got '
+          f'{len(channels)}, {len(kernel_sizes)} and {len(strides)}')
+    if math.prod(strides) != samples_per_frame:
+      raise ValueError(
+          f'audio_strides {strides} multiply to {math.prod(strides)}, but the dataset has '
+          f'{samples_per_frame} audio samples per label frame; they must match so that the '
+          'audio branch yields exactly one embedding per label frame')
+    self.samples_per_frame = samples_per_frame
+    in_channels = (1,) + channels[:-1]
+    self.convs = nnx.List([
+        nnx.Conv(c_in, c_out, kernel_size=k, strides=s, padding='SAME', rngs=rngs)
+        for c_in, c_out, k, s in zip(in_channels, channels, kernel_sizes, strides)])
+    self.norm = nnx.LayerNorm(channels[-1], rngs=rngs)
+    self.width = channels[-1]
+
+  def __call__(self, audio: jax.Array) -> jax.Array:
+    """[B, T * samples_per_frame] -> [B, T, width]."""
+    if audio.ndim != 2 or audio.shape[1] % self.samples_per_frame:
+      raise ValueError(
+          f'audio must be [B, T*{self.samples_per_frame}], got shape {audio.shape}')
+    x = audio[..., None]
+    for conv in self.convs:
+      x = jax.nn.gelu(conv(x))
+    return self.norm(x)
+
+
+class LogmelBranch(nnx.Module):
+  """Per-label-frame MLP over the stacked log-mel frames of that label frame."""
+
+  def __init__(self, config: ml_collections.ConfigDict, mel_bins: int, *, rngs: nnx.Rngs):
+    self.frames_per_label = config.logmel_frames_per_label
+    self.mel_bins = mel_bins
+    width = config.logmel_width
+    self.hidden = nnx.Linear(self.frames_per_label * mel_bins, width, rngs=rngs)
+    self.out = nnx.Linear(width, width, rngs=rngs)
+    self.norm = nnx.LayerNorm(width, rngs=rngs)
+    self.width = width
+
+  def __call__(self, logmel: jax.Array) -> jax.Array:
+    """[B, T * frames_per_label, mel_bins] -> [B, T, width]."""
+    if (logmel.ndim != 3 or logmel.shape[1] % self.frames_per_label
+        or logmel.shape[2] != self.mel_bins):
+      raise ValueError(
+          f'logmel must be [B, T*{self.frames_per_label}, {self.mel_bins}], '
+          f'got shape {logmel.shape}')
+    batch, frames, _ = logmel.shape
+    x = logmel.reshape(batch, frames // self.frames_per_label, -1)
+    return self.norm(self.out(jax.nn.gelu(self.hidden(x))))
+
+
+class MocapBranch(nnx.Module):
+  """Per-label-frame MLP over the marker features."""
+
+  def __init__(self, config: ml_collections.ConfigDict, feature_dim: int, *, rngs: nnx.Rngs):
+    self.feature_dim = feature_dim
+    width = config.mocap_width
+    self.hidden = nnx.Linear(feature_dim, width, rngs=rngs)
+    self.out = nnx.Linear(width, width, rngs=rngs)
+    self.norm = nnx.LayerNorm(width, rngs=rngs)
+    self.width = width
+
+  def __call__(self, mocap: jax.Array) -> jax.Array:
+    """[B, T, feature_dim] -> [B, T, width]."""
+    if mocap.ndim != 3 or mocap.shape[2] != self.feature_dim:
+      raise ValueError(f'mocap must be [B, T, {self.feature_dim}], got shape {mocap.shape}')
+    return self.norm(self.out(jax.nn.gelu(self.hidden(mocap))))
+
+
+class DilatedResidualBlock(nnx.Module):
+  """Pre-norm residual block: LayerNorm, dilated non-causal conv over time, GELU, projection."""
+
+  def __init__(self, width: int, kernel_size: int, dilation: int, *, rngs: nnx.Rngs):
+    self.norm = nnx.LayerNorm(width, rngs=rngs)
+    self.conv = nnx.Conv(width, width, kernel_size=kernel_size, kernel_dilation=dilation,
+                         padding='SAME', rngs=rngs)
+    self.proj = nnx.Linear(width, width, rngs=rngs)
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    return x + self.proj(jax.nn.gelu(self.conv(self.norm(x))))
+
+
+class TemporalConvNet(nnx.Module):
+  """Stack of dilated residual blocks (non-causal: each frame sees past and future context)."""
+
+  def __init__(self, width: int, kernel_size: int, dilations: Sequence[int], *,
+               rngs: nnx.Rngs):
+    self.blocks = nnx.List([
+        DilatedResidualBlock(width, kernel_size, d, rngs=rngs) for d in dilations])
+    self.norm = nnx.LayerNorm(width, rngs=rngs)
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    for block in self.blocks:
+      x = block(x)
+    return self.norm(x)
+
+
+class BidirectionalGRULayer(nnx.Module):
+  """One bidirectional GRU layer with a residual projection back to the input width.
+
+  Written on `jax.lax.scan` rather than `nnx.RNN`, which keeps an RNG stream for the initial
+  carry and advances it on every call (state that would change during a forward pass). Both
+  directions run in the same scan (the backward one over the time-reversed sequence), and the
+  input projections of all frames are computed before the scan, so each step does only the
+  recurrent matmul.
+  """
+
+  def __init__(self, width: int, hidden: int, *, rngs: nnx.Rngs):
+    self.hidden = hidden
+    # Gates in the order (reset, update, candidate), as in `nnx.GRUCell`; leading axis of the
+    # recurrent weights is the direction (0 forward, 1 backward).
+    self.input_proj = nnx.Linear(width, 2 * 3 * hidden, rngs=rngs)
+    orthogonal = jax.nn.initializers.orthogonal()
+    self.recurrent_kernel = nnx.Param(jnp.stack([
+        orthogonal(rngs.params(), (hidden, 3 * hidden)) for _ in range(2)]))
+    self.recurrent_bias = nnx.Param(jnp.zeros((2, 3 * hidden)))
+    self.out = nnx.Linear(2 * hidden, width, rngs=rngs)
+    self.norm = nnx.LayerNorm(width, rngs=rngs)
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    batch, steps, _ = x.shape
+    hidden = self.hidden
+    gates_x = self.input_proj(x).reshape(batch, steps, 2, 3 * hidden)
+    gates_x = jnp.stack([gates_x[:, :, 0], jnp.flip(gates_x[:, :, 1], axis=1)])  # [2,B,T,3H]
+    gates_x = jnp.moveaxis(gates_x, 2, 0)  # time first for scan: [T, 2, B, 3H]
+    recurrent_kernel = self.recurrent_kernel[...]
+    recurrent_bias = self.recurrent_bias[...][:, None, :]
+
+    def step(h, gate_x):  # h: [2, B, H]
+      gate_h = jnp.einsum('dbh,dhg->dbg', h, recurrent_kernel) + recurrent_bias
+      x_reset, x_update, x_candidate = jnp.split(gate_x, 3, axis=-1)
+      h_reset, h_update, h_candidate = jnp.split(gate_h, 3, axis=-1)
+      reset = jax.nn.sigmoid(x_reset + h_reset)
+      update = jax.nn.sigmoid(x_update + h_update)
+      candidate = jnp.tanh(x_candidate + reset * h_candidate)
+      h = (1.0 - update) * candidate + update * h
+      return h, h
+
+    h0 = jnp.zeros((2, batch, hidden), x.dtype)
+    _, states = jax.lax.scan(step, h0, gates_x)  # [T, 2, B, H]
+    forward, backward = states[:, 0], jnp.flip(states[:, 1], axis=0)
+    both = jnp.moveaxis(jnp.concatenate([forward, backward], axis=-1), 0, 1)  # [B, T, 2H]
+    return self.norm(x + self.out(both))
+
+
+class BidirectionalGRU(nnx.Module):
+  """Stack of bidirectional GRU layers."""
+
+  def __init__(self, width: int, hidden: int, num_layers: int, *, rngs: nnx.Rngs):
+    self.layers = nnx.List([
+        BidirectionalGRULayer(width, hidden, rngs=rngs) for _ in range(num_layers)])
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    for layer in self.layers:
+      x = layer(x)
+    return x
+
+
+class MultiTaskHeads(nnx.Module):
+  """One hidden layer and one linear output per task, all tasks in one fused einsum pass."""
+
+  def __init__(self, width: int, hidden: int, num_tasks: int, *, rngs: nnx.Rngs):
+    self.hidden_kernel = nnx.Param(
+        _lecun_normal(batch_axis=0)(rngs.params(), (num_tasks, width, hidden)))
+    self.hidden_bias = nnx.Param(jnp.zeros((num_tasks, hidden)))
+    self.output_kernel = nnx.Param(
+        _lecun_normal(in_axis=-1, out_axis=(), batch_axis=0)(
+            rngs.params(), (num_tasks, hidden)))
+    self.output_bias = nnx.Param(jnp.zeros((num_tasks,)))
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    """[B, T, width] -> [B, T, num_tasks]."""
+    h = jnp.einsum('btd,kdh->btkh', x, self.hidden_kernel[...]) + self.hidden_bias[...]
+    h = jax.nn.gelu(h)
+    return jnp.einsum('btkh,kh->btk', h, self.output_kernel[...]) + self.output_bias[...]
+
+
+_BRANCHES = {'audio': AudioBranch, 'logmel': LogmelBranch, 'mocap': MocapBranch}
+
+
+class AVDNet(nnx.Module):
+  """Multimodal (or unimodal) multi-task network from input windows to per-frame traces."""
+
+  def __init__(self, config: ml_collections.ConfigDict, *, num_tasks: int,
+               input_dims: Mapping[str, int], rngs: nnx.Rngs):
+    """Builds the branches named in `config.modalities`.
+
+    Args:
+      config: hyper-parameters, see `default_model_config`.
+      num_tasks: number of output traces K (3 for activation/valence/dominance, 1 for STL).
+      input_dims: what the dataset has, per modality: 'audio' -> samples per label frame,
+        'logmel' -> mel bins, 'mocap' -> feature dimension. Modalities the model does not use
+        are ignored.
+      rngs: parameter initialisation; the same seed gives the same parameters.
+
+    Raises:
+      ValueError: a modality in `config.modalities` is unknown or missing from `input_dims`, or
+        another hyper-parameter is invalid.
+    """
+    modalities = tuple(config.modalities)
+    if not modalities:
+      raise ValueError('config.modalities is empty; the model needs at least one modality')
+    unknown = [m for m in modalities if m not in MODALITIES]
+    if unknown:
+      raise ValueError(f'unknown modalities {unknown} in config.modalities; known: {MODALITIES}')
+    if len(set(modalities)) != len(modalities):
+      raise ValueError(f'config.modalities has duplicates: {modalities}')
+    for modality in modalities:
+      if modality not in input_dims:
+        raise ValueError(
+            f"the model uses modality '{modality}' (config.modalities={modalities}), but the "
+            f'dataset has only {sorted(input_dims)}; drop it from config.modalities or use a '
+            'dataset that has it')
+    if config.temporal not in TEMPORAL_MODELS:
+      raise ValueError(f'config.temporal must be one of {TEMPORAL_MODELS}, got {config.temporal!r}')
+    if num_tasks < 1:
+      raise ValueError(f'num_tasks must be at least 1, got {num_tasks}')
+
+    self.modalities = modalities
+    self.num_tasks = num_tasks
+    self.branches = nnx.Dict({
+        m: _BRANCHES[m](config, input_dims[m], rngs=rngs) for m in modalities})
+    fused_width = sum(branch.width for branch in self.branches.values())
+    width = config.trunk_width
+    self.fusion = nnx.Linear(fused_width, width, rngs=rngs)
+    self.fusion_norm = nnx.LayerNorm(width, rngs=rngs)
+    if config.temporal == 'tcn':
+      self.temporal = TemporalConvNet(
+          width, config.tcn_kernel_size, tuple(config.tcn_dilations), rngs=rngs)
+    else:
+      self.temporal = BidirectionalGRU(width, config.gru_hidden, config.gru_layers, rngs=rngs)
+    self.heads = MultiTaskHeads(width, config.head_hidden, num_tasks, rngs=rngs)
+
+  def __call__(self, inputs: Mapping[str, jax.Array]) -> jax.Array:
+    """Per-frame traces [B, T, num_tasks] from a batch of windows.
+
+    Args:
+      inputs: at least the modalities in `config.modalities` (other keys, such as labels or
+        mask, are ignored), shaped as in the data contract.
+
+    Raises:
+      ValueError: a modality the model uses is missing, or the modalities disagree on B or T.
+    """
+    missing = [m for m in self.modalities if m not in inputs]
+    if missing:
+      raise ValueError(
+          f'inputs lack modalities {missing} that the model uses; got keys {sorted(inputs)}')
+    embeddings = {m: self.branches[m](inputs[m]) for m in self.modalities}
+    shapes = {m: e.shape[:2] for m, e in embeddings.items()}
+    if len(set(shapes.values())) != 1:
+      raise ValueError(f'modalities disagree on (batch, label frames): {shapes}')
+    x = jnp.concatenate([embeddings[m] for m in self.modalities], axis=-1)
+    x = jax.nn.gelu(self.fusion_norm(self.fusion(x)))
+    x = self.temporal(x)
+    return self.heads(x)

@@ -1,0 +1,100 @@
+"""How arrays are laid out on devices: the one module that decides it.
+
+Data parallelism over a 1-D mesh whose axis is `DATA_AXIS`. A per-device program (written with
+explicit collectives over `DATA_AXIS`) runs in one of two ways:
+
+- `shard_map` (the default): model and optimiser state are global arrays replicated on the mesh,
+  the batch is a global array split along its leading axis. Multi-host ready: each process
+  contributes its local slice with `jax.make_array_from_process_local_data`.
+- `pmap`: the literal pmap programming model for users who want it. State carries a leading
+  device axis; the batch is reshaped to `[local_devices, per_device, ...]`. Since JAX 0.8 pmap is
+  itself implemented on shard_map, so both run the same per-device program.
+
+Everything else (trainer, evaluation, experiment grid) goes through `DataParallel` and never
+builds a sharding itself.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+DATA_AXIS = 'data'
+PARALLEL_MODES = ('shard_map', 'pmap')
+
+
+def make_mesh(devices=None) -> Mesh:
+  """A 1-D data-parallel mesh over `devices` (all devices of all processes by default)."""
+  devices = jax.devices() if devices is None else list(devices)
+  return Mesh(np.asarray(devices), (DATA_AXIS,))
+
+
+@dataclasses.dataclass(frozen=True)
+class DataParallel:
+  """Places state and batches on a mesh and runs per-device programs over it."""
+  mesh: Mesh
+  mode: str = 'shard_map'
+
+  def __post_init__(self):
+    if self.mode not in PARALLEL_MODES:
+      raise ValueError(f'unknown parallel mode {self.mode!r}; expected one of {PARALLEL_MODES}')
+
+  @property
+  def num_devices(self) -> int:
+    return self.mesh.devices.size
+
+  @property
+  def local_devices(self) -> list:
+    return [d for d in self.mesh.devices.flat if d.process_index == jax.process_index()]
+
+  def check_batch_size(self, global_batch: int) -> None:
+    if global_batch % self.num_devices:
+      raise ValueError(f'global batch {global_batch} is not divisible by the {self.num_devices} '
+                       'devices of the mesh')
+
+  # State: replicated.
+  def put_state(self, state: Any) -> Any:
+    """Replicates a host or single-device pytree on every device of the mesh."""
+    if self.mode == 'pmap':
+      devices = self.local_devices
+      stacked = NamedSharding(Mesh(np.asarray(devices), ('local',)), P('local'))
+      return jax.tree.map(
+          lambda x: jax.device_put(jnp.stack([jnp.asarray(x)] * len(devices)), stacked), state)
+    return jax.device_put(state, NamedSharding(self.mesh, P()))
+
+  def get_state(self, state: Any) -> Any:
+    """The state as plain (replicated) arrays without a device axis, for saving or inference."""
+    if self.mode == 'pmap':
+      return jax.tree.map(lambda x: x[0], state)
+    return state
+
+  # Batches: split along the leading axis.
+  def put_batch(self, local_batch: dict[str, np.ndarray]) -> dict[str, jax.Array]:
+    """Places this process's slice of the global batch on the mesh."""
+    if self.mode == 'pmap':
+      n = len(self.local_devices)
+      return jax.tree.map(lambda x: x.reshape((n, x.shape[0] // n) + x.shape[1:]), local_batch)
+    sharding = NamedSharding(self.mesh, P(DATA_AXIS))
+    return jax.tree.map(lambda x: jax.make_array_from_process_local_data(sharding, x),
+                        local_batch)
+
+  def run(self, per_device_fn: Callable, *, num_args: int = 2, batch_argnums=(1,),
+          donate_argnums: tuple[int, ...] = ()) -> Callable:
+    """Compiles `per_device_fn(*args)` as a data-parallel program over the mesh.
+
+    Arguments at `batch_argnums` are split across devices; the others, and every output, are
+    replicated (the per-device program makes them equal with collectives over `DATA_AXIS`).
+    Arguments must come from `put_state` and `put_batch`.
+    """
+    if self.mode == 'pmap':
+      # Every argument carries the device axis (put_state stacks, put_batch reshapes).
+      return jax.pmap(per_device_fn, axis_name=DATA_AXIS, devices=self.local_devices,
+                      donate_argnums=donate_argnums)
+    specs = tuple(P(DATA_AXIS) if i in batch_argnums else P() for i in range(num_args))
+    return jax.jit(jax.shard_map(per_device_fn, mesh=self.mesh, in_specs=specs, out_specs=P()),
+                   donate_argnums=donate_argnums)
