@@ -73,28 +73,41 @@ class DataParallel:
       return jax.tree.map(lambda x: x[0], state)
     return state
 
-  # Batches: split along the leading axis.
-  def put_batch(self, local_batch: dict[str, np.ndarray]) -> dict[str, jax.Array]:
-    """Places this process's slice of the global batch on the mesh."""
+  def local_copy(self, state: Any) -> Any:
+    """This process's copy of replicated state as arrays on its first device (for evaluation)."""
+    device = self.local_devices[0]
+    if self.mode == 'pmap':
+      return jax.tree.map(lambda x: jax.device_put(x.addressable_data(0).reshape(x.shape[1:]),
+                                                   device), state)
+    return jax.tree.map(lambda x: x.addressable_data(0), state)
+
+  # Batches: split along one axis (the leading one, or 1 when a seed axis comes first).
+  def put_batch(self, local_batch: dict[str, np.ndarray], axis: int = 0) -> dict[str, jax.Array]:
+    """Places this process's slice of the global batch on the mesh, split along `axis`."""
     if self.mode == 'pmap':
       n = len(self.local_devices)
-      return jax.tree.map(lambda x: x.reshape((n, x.shape[0] // n) + x.shape[1:]), local_batch)
-    sharding = NamedSharding(self.mesh, P(DATA_AXIS))
+
+      def to_devices(x):
+        shape = x.shape[:axis] + (n, x.shape[axis] // n) + x.shape[axis + 1:]
+        return np.moveaxis(x.reshape(shape), axis, 0)
+      return jax.tree.map(to_devices, local_batch)
+    sharding = NamedSharding(self.mesh, P(*([None] * axis), DATA_AXIS))
     return jax.tree.map(lambda x: jax.make_array_from_process_local_data(sharding, x),
                         local_batch)
 
   def run(self, per_device_fn: Callable, *, num_args: int = 2, batch_argnums=(1,),
-          donate_argnums: tuple[int, ...] = ()) -> Callable:
+          batch_axis: int = 0, donate_argnums: tuple[int, ...] = ()) -> Callable:
     """Compiles `per_device_fn(*args)` as a data-parallel program over the mesh.
 
-    Arguments at `batch_argnums` are split across devices; the others, and every output, are
-    replicated (the per-device program makes them equal with collectives over `DATA_AXIS`).
-    Arguments must come from `put_state` and `put_batch`.
+    Arguments at `batch_argnums` are split across devices along `batch_axis` (as `put_batch`
+    places them); the others, and every output, are replicated (the per-device program makes
+    them equal with collectives over `DATA_AXIS`). Arguments come from `put_state`/`put_batch`.
     """
     if self.mode == 'pmap':
-      # Every argument carries the device axis (put_state stacks, put_batch reshapes).
+      # Every argument carries the device axis first (put_state stacks, put_batch moves it).
       return jax.pmap(per_device_fn, axis_name=DATA_AXIS, devices=self.local_devices,
                       donate_argnums=donate_argnums)
-    specs = tuple(P(DATA_AXIS) if i in batch_argnums else P() for i in range(num_args))
+    batch_spec = P(*([None] * batch_axis), DATA_AXIS)
+    specs = tuple(batch_spec if i in batch_argnums else P() for i in range(num_args))
     return jax.jit(jax.shard_map(per_device_fn, mesh=self.mesh, in_specs=specs, out_specs=P()),
                    donate_argnums=donate_argnums)

@@ -1,0 +1,218 @@
+"""Reading prepared corpora: metadata, normalisation, and the grain training pipeline.
+
+Owns everything between a prepared TFDS ArrayRecord dataset and a host batch of numpy arrays:
+
+- `Corpus`: one prepared dataset (splits as random-access sources, tasks, modalities, window, and
+  the training-split statistics used to z-normalise inputs everywhere, inference included).
+- `normalise`: the single normalisation used by training, evaluation and inference.
+- `train_iterator`: a deterministic, checkpointable grain iterator of this process's part of each
+  global batch. Global batch `j` is always elements `[j B, (j + 1) B)` of the shuffled, repeated
+  stream, whatever the number of processes: process `p` of `P` reads the `p`-th contiguous chunk.
+  So one process with four devices and two processes with two each train on the same batches.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from typing import Any, Sequence
+
+import grain
+import numpy as np
+
+MODALITIES = ('audio', 'logmel', 'mocap')
+
+
+class CorpusError(ValueError):
+  """A prepared dataset is missing, incomplete, or lacks what the config asks for."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Corpus:
+  """A prepared dataset: per-split random-access sources and its metadata."""
+  name: str
+  data_dir: str
+  metadata: dict[str, Any]
+  sources: dict[str, Any]
+
+  @property
+  def tasks(self) -> tuple[str, ...]:
+    return tuple(self.metadata['tasks'])
+
+  @property
+  def modalities(self) -> tuple[str, ...]:
+    return tuple(self.metadata['modalities'])
+
+  @property
+  def window(self) -> int:
+    return int(self.metadata['window'])
+
+  @property
+  def stats(self) -> dict[str, Any]:
+    return self.metadata['stats']
+
+  def recordings(self, split: str) -> dict[str, int]:
+    """Recording id -> number of label frames, for one split."""
+    return dict(self.metadata['recordings'][split])
+
+  def is_labelled(self, split: str) -> bool:
+    return split in self.metadata['labelled_splits']
+
+  def source(self, split: str):
+    if split not in self.sources:
+      raise CorpusError(f'{self.name} has no split {split!r}; it has {sorted(self.sources)}')
+    return self.sources[split]
+
+  def input_dims(self) -> dict[str, int]:
+    """Per modality, the size the model sees per label frame's feature row."""
+    example = self.source('train')[0]
+    dims = {}
+    for name in self.modalities:
+      value = np.asarray(example[name])
+      dims[name] = int(value.shape[-1]) if name != 'audio' else value.shape[0] // self.window
+    return dims
+
+  def task_indices(self, tasks: Sequence[str]) -> list[int]:
+    missing = [t for t in tasks if t not in self.tasks]
+    if missing:
+      raise CorpusError(f'{self.name} has no task {missing}; its tasks are {list(self.tasks)}')
+    return [self.tasks.index(t) for t in tasks]
+
+
+def open_corpus(name: str, data_dir: str) -> Corpus:
+  """Opens a dataset prepared by `python -m launch.prepare` (its builder need not be imported)."""
+  import tensorflow_datasets as tfds  # heavy import: only where a dataset is read
+  data_dir = os.fspath(data_dir)
+  try:
+    builder = tfds.builder(name, data_dir=data_dir)
+    sources = tfds.data_source(name, data_dir=data_dir)
+  except Exception as error:  # TFDS raises several types for "not there"
+    raise CorpusError(
+        f'no prepared dataset {name!r} under {data_dir!r} ({type(error).__name__}: {error}). '
+        f'Prepare it first: python -m launch.prepare --dataset={name.split("/")[0]} '
+        f'--data_dir={data_dir}') from None
+  metadata = dict(builder.info.metadata or {})
+  required = ('tasks', 'modalities', 'window', 'hop', 'stats', 'recordings', 'labelled_splits')
+  missing = [key for key in required if key not in metadata]
+  if missing:
+    raise CorpusError(f'{name} under {data_dir} lacks metadata {missing}: prepare it again')
+  return Corpus(name=name, data_dir=data_dir, metadata=metadata, sources=dict(sources))
+
+
+def normalise(example: dict[str, np.ndarray], stats: dict[str, Any],
+              modalities: Sequence[str]) -> dict[str, np.ndarray]:
+  """Z-normalises the model inputs with training-split statistics; returns only `modalities`."""
+  out = {}
+  for name in modalities:
+    mean = np.asarray(stats[name]['mean'], np.float32)
+    std = np.asarray(stats[name]['std'], np.float32)
+    out[name] = ((np.asarray(example[name], np.float32) - mean) / np.maximum(std, 1e-6))
+  return out
+
+
+class _TrainExample(grain.transforms.Map):
+  """Selects the model's inputs and tasks from a stored window and normalises them."""
+
+  def __init__(self, stats, modalities, task_indices):
+    self.stats, self.modalities, self.task_indices = stats, tuple(modalities), list(task_indices)
+
+  def map(self, example):
+    out = normalise(example, self.stats, self.modalities)
+    out['labels'] = np.asarray(example['labels'], np.float32)[..., self.task_indices]
+    out['mask'] = np.asarray(example['mask'], np.float32)
+    return out
+
+
+def train_dataset(corpus: Corpus, *, tasks: Sequence[str], modalities: Sequence[str],
+                  global_batch: int, seed: int, process_index: int = 0,
+                  process_count: int = 1) -> grain.MapDataset:
+  """This process's batches of the shuffled, endlessly repeated training split."""
+  if global_batch % process_count:
+    raise ValueError(f'global batch {global_batch} not divisible by {process_count} processes')
+  local_batch = global_batch // process_count
+  source = corpus.source('train')
+  if len(source) < global_batch:
+    raise CorpusError(f'{corpus.name} train split has {len(source)} windows, fewer than the '
+                      f'global batch {global_batch}')
+  dataset = (grain.MapDataset.source(source)
+             .shuffle(seed=seed)  # before repeat: each epoch is shuffled anew
+             .repeat()
+             .map(_TrainExample(corpus.stats, modalities, corpus.task_indices(tasks)))
+             .batch(local_batch, drop_remainder=True))
+  return dataset[process_index::process_count]
+
+
+def train_iterator(dataset: grain.MapDataset, *, num_workers: int = 0,
+                   prefetch: int = 4) -> grain.DatasetIterator:
+  """A checkpointable iterator (state via get_state/set_state, or grain's Orbax handler)."""
+  iter_dataset = dataset.to_iter_dataset(
+      grain.ReadOptions(num_threads=2 if num_workers == 0 else 1, prefetch_buffer_size=prefetch))
+  if num_workers > 0:
+    iter_dataset = iter_dataset.mp_prefetch(grain.MultiprocessingOptions(num_workers=num_workers))
+  return iter(iter_dataset)
+
+
+def iterate_split(corpus: Corpus, split: str, batch_size: int, modalities: Sequence[str],
+                  tasks: Sequence[str] | None = None):
+  """Every window of a split in storage order, in batches padded to `batch_size`.
+
+  Yields `(inputs, info)`: normalised inputs (plus `labels`, `mask` when `tasks` is given), and
+  `info` with `recording` (str per window), `start`, and `valid` (False for padding windows).
+  """
+  source = corpus.source(split)
+  task_indices = None if tasks is None else corpus.task_indices(tasks)
+  for begin in range(0, len(source), batch_size):
+    indices = list(range(begin, min(begin + batch_size, len(source))))
+    examples = [source[i] for i in indices]
+    valid = np.array([True] * len(examples) + [False] * (batch_size - len(examples)))
+    examples += [examples[-1]] * (batch_size - len(examples))
+    stacked = {key: np.stack([np.asarray(e[key]) for e in examples]) for key in
+               list(modalities) + ['labels', 'mask', 'start']}
+    inputs = normalise(stacked, corpus.stats, modalities)
+    if task_indices is not None:
+      inputs['labels'] = stacked['labels'][..., task_indices].astype(np.float32)
+      inputs['mask'] = stacked['mask'].astype(np.float32)
+    info = {'recording': [_text(e['recording']) for e in examples],
+            'start': stacked['start'].astype(np.int64), 'valid': valid,
+            'mask': stacked['mask'].astype(np.float32)}
+    yield inputs, info
+
+
+def _text(value) -> str:
+  return value.decode() if isinstance(value, bytes) else str(value)
+
+
+
+class SeedIterators:
+  """One training iterator per seed (each with its own data order), yielding stacked batches.
+
+  `next()` gives arrays shaped `[seeds, local_batch, ...]`. The state is the JSON list of the
+  iterators' states, in the bytes form grain's Orbax handler saves per process.
+  """
+
+  def __init__(self, iterators: Sequence[grain.DatasetIterator]):
+    self.iterators = list(iterators)
+
+  def __iter__(self):
+    return self
+
+  def __next__(self) -> dict[str, np.ndarray]:
+    batches = [next(it) for it in self.iterators]
+    return {key: np.stack([b[key] for b in batches]) for key in batches[0]}
+
+  def get_state(self) -> bytes:
+    return json.dumps([it.get_state() for it in self.iterators]).encode()
+
+  def set_state(self, state: bytes) -> None:
+    states = json.loads(state)
+    if len(states) != len(self.iterators):
+      raise CorpusError(f'checkpoint holds {len(states)} data iterators, the run has '
+                        f'{len(self.iterators)} seeds')
+    for it, s in zip(self.iterators, states):
+      it.set_state(s)
+
+  def start_prefetch(self) -> None:
+    for it in self.iterators:
+      if hasattr(it, 'start_prefetch'):
+        it.start_prefetch()

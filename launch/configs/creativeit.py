@@ -1,0 +1,15 @@
+"""USC CreativeIT (normalised layout): audio + mocap, activation/valence/dominance.
+
+    python -m launch.prepare --dataset=creativeit --manual_dir=/path/to/creativeit --data_dir=data
+    python -m launch.train --config=launch/configs/creativeit.py --workdir=runs/creativeit
+Variants: launch/configs/common.py.
+"""
+
+from launch.configs import common
+
+
+def get_config(arg=None):
+  config = common.base_config()
+  config.dataset = 'creativeit'
+  config.num_steps = 4000
+  return common.apply_variants(config, arg)

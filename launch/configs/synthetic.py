@@ -1,0 +1,30 @@
+"""Synthetic multimodal corpus (the default; no download). Variants: see launch/configs/common.py.
+
+    python -m launch.train --config=launch/configs/synthetic.py --workdir=runs/synthetic
+    python -m launch.train --config=launch/configs/synthetic.py:stl=valence,mse --workdir=...
+    --config=launch/configs/synthetic.py:tiny    the tiny corpus, for tests and smoke runs
+"""
+
+from launch.configs import common
+
+
+def get_config(arg=None):
+  config = common.base_config()
+  config.dataset = 'synthetic_avd/default'
+  variants = [v for v in (arg or '').split(',') if v and v != 'tiny']
+  if 'tiny' in (arg or '').split(','):
+    config.dataset = 'synthetic_avd/tiny'
+    config.global_batch = 8
+    config.num_steps = 20
+    config.log_every = 5
+    config.eval_every = 10
+    config.checkpoint_every = 10
+    config.eval_batch = 16
+    config.model.audio_channels = (8, 8, 16, 16)
+    config.model.logmel_width = 16
+    config.model.mocap_width = 16
+    config.model.trunk_width = 16
+    config.model.tcn_dilations = (1, 2)
+    config.model.gru_hidden = 16
+    config.model.head_hidden = 8
+  return common.apply_variants(config, ','.join(variants))

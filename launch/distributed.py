@@ -1,0 +1,20 @@
+"""Multi-process start-up shared by the launch scripts (jax.distributed)."""
+
+import jax
+
+
+def initialize(coordinator_address, num_processes, process_id, auto: bool) -> None:
+  """Joins a multi-process run when asked; a single process needs nothing."""
+  explicit = coordinator_address is not None or num_processes is not None
+  if not explicit and not auto:
+    return
+  if explicit and (coordinator_address is None or num_processes is None or process_id is None):
+    raise SystemExit('error: multi-host needs --coordinator_address, --num_processes and '
+                     '--process_id together')
+  # CPU devices of different processes talk through gloo (accelerators use their own links).
+  jax.config.update('jax_cpu_collectives_implementation', 'gloo')
+  if explicit:
+    jax.distributed.initialize(coordinator_address=coordinator_address,
+                               num_processes=num_processes, process_id=process_id)
+  else:
+    jax.distributed.initialize()

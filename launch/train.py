@@ -1,0 +1,54 @@
+r"""Trains a model: `python -m launch.train --config=launch/configs/synthetic.py --workdir=DIR`.
+
+Resumes from the workdir's latest checkpoint when there is one. Override any config field on the
+command line (`--config.loss=pcc`, `--config.num_steps=3000`) or pick variants after a colon
+(`--config=launch/configs/synthetic.py:stl=valence,mse`).
+
+Multi-host: pass `--coordinator_address=HOST:PORT --num_processes=N --process_id=I` (or
+`--distributed` on a cluster that JAX auto-detects, such as Cloud TPU or SLURM). Every process
+reads its own slice of the data.
+"""
+
+from absl import app
+from absl import flags
+from ml_collections import config_flags
+
+_CONFIG = config_flags.DEFINE_config_file('config', None, 'Config file (with :variants).',
+                                          lock_config=True)
+_WORKDIR = flags.DEFINE_string('workdir', None, 'Where checkpoints and metrics go.', required=True)
+_COORDINATOR = flags.DEFINE_string('coordinator_address', None, 'Multi-host: HOST:PORT of process 0.')
+_NUM_PROCESSES = flags.DEFINE_integer('num_processes', None, 'Multi-host: number of processes.')
+_PROCESS_ID = flags.DEFINE_integer('process_id', None, 'Multi-host: this process index.')
+_DISTRIBUTED = flags.DEFINE_bool('distributed', False,
+                                 'Multi-host with cluster auto-detection (TPU pods, SLURM, ...).')
+
+
+def main(argv):
+  del argv
+  import jax  # pylint: disable=g-import-not-at-top
+  from launch import distributed  # pylint: disable=g-import-not-at-top
+  distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value,
+                         _DISTRIBUTED.value)
+  from ccc_jax import report  # pylint: disable=g-import-not-at-top
+  from ccc_jax import train  # pylint: disable=g-import-not-at-top
+  config = _CONFIG.value
+  if config is None:
+    raise app.UsageError('--config is required, e.g. --config=launch/configs/synthetic.py')
+  if jax.process_index() == 0:
+    print(f'devices: {jax.device_count()} x {jax.devices()[0].device_kind} '
+          f'({jax.process_count()} process(es)); dataset {config.dataset}; tasks '
+          f'{tuple(config.tasks)}; loss {config.loss}; modalities {tuple(config.model.modalities)}',
+          flush=True)
+  try:
+    summary = train.train_and_evaluate(config, _WORKDIR.value)
+  except (ValueError, train.TrainingDiverged, FileNotFoundError) as error:
+    raise SystemExit(f'error: {error}') from None
+  if jax.process_index() == 0:
+    print(f"\ntrained {summary['step']} steps ({summary['steps_per_second']:.2f} steps/s after "
+          f"{summary['compile_seconds']:.1f} s compiling)")
+    print(f"dev CCC at the last step (best mean dev CCC {summary['best_dev_ccc']:.4f}):\n")
+    print(report.markdown_table(summary['dev'], summary['tasks']))
+
+
+if __name__ == '__main__':
+  app.run(main)
