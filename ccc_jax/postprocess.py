@@ -26,7 +26,7 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 from scipy import ndimage
 
-from ccc_jax.metrics import StreamingMetrics
+from ccc_jax.metrics import concordance_cc
 
 SMOOTHING_KINDS = ('median', 'mean')
 STEPS = ('delay', 'smoothing', 'scale', 'bias')
@@ -202,11 +202,11 @@ class PostProcessing:
     per_task = {}
     for task, fields in data['tasks'].items():
       fields = dict(fields)
-      kept = tuple(fields.pop('kept', ()))
+      kept = fields.pop('kept', None)
       steps = TaskPostProcessing(**fields)
-      if 'kept' in data['tasks'][task] and kept != steps.kept:
+      if kept is not None and tuple(kept) != steps.kept:
         raise ValueError(f'task {task!r}: kept steps {kept} disagree with the settings, which '
-                         f'apply {steps.kept}')
+                         f'apply {list(steps.kept)}')
       per_task[task] = steps
     return cls(per_task, data.get('metric', 'ccc_concat'))
 
@@ -238,22 +238,31 @@ def _checked_recordings(dev_recordings, num_tasks: int) -> list[tuple[np.ndarray
 
 
 def _dev_ccc(recordings, tasks, per_task: Sequence[TaskPostProcessing], metric: str) -> np.ndarray:
-  """Dev CCC `[tasks]` after `per_task`, applied to each recording separately; NaN -> -inf."""
-  candidate = PostProcessing(dict(zip(tasks, per_task)), metric)
-  metrics = StreamingMetrics(tasks)
-  for index, (truth, prediction) in enumerate(recordings):
-    metrics.update(str(index), truth, candidate.apply(prediction))
-  table = metrics.compute()
-  scores = np.array([table[task][metric] for task in tasks])
+  """Dev CCC `[tasks]` after `per_task`, applied to each recording separately; NaN -> -inf.
+
+  The same numbers `StreamingMetrics` reports ('ccc_seq_mean' skips recordings whose CCC is
+  undefined), computed directly with `concordance_cc`, which is several times faster here.
+  """
+  truth, processed = _processed(recordings, per_task)
+  if metric == 'ccc_concat':
+    scores = [concordance_cc(np.concatenate([t[:, k] for t in truth]),
+                             np.concatenate([p[:, k] for p in processed]))
+              for k in range(len(tasks))]
+  else:
+    scores = []
+    for k in range(len(tasks)):
+      per_recording = np.array([concordance_cc(t[:, k], p[:, k]) for t, p in zip(truth, processed)])
+      defined = per_recording[~np.isnan(per_recording)]
+      scores.append(defined.mean() if defined.size else np.nan)
+  scores = np.asarray(scores, dtype=np.float64)
   return np.where(np.isnan(scores), -np.inf, scores)  # an undefined CCC never wins.
 
 
-def _concatenated(recordings, per_task: Sequence[TaskPostProcessing]):
-  """Gold and post-processed dev predictions, all recordings concatenated: two `[frames, tasks]`."""
-  truth = np.concatenate([t for t, _ in recordings])
-  processed = np.concatenate([
-      np.stack([steps.apply(p[:, k]) for k, steps in enumerate(per_task)], axis=1)
-      for _, p in recordings])
+def _processed(recordings, per_task: Sequence[TaskPostProcessing]):
+  """Per recording, the gold `[frames, tasks]` and the prediction after `per_task`."""
+  truth = [t for t, _ in recordings]
+  processed = [np.stack([steps.apply(p[:, k]) for k, steps in enumerate(per_task)], axis=1)
+               for _, p in recordings]
   return truth, processed
 
 
@@ -310,14 +319,14 @@ def tune(dev_recordings: Iterable[tuple[np.ndarray, np.ndarray]],
               for steps in current]
              for kind in smoothing_kinds for window in smoothing_windows])
 
-  truth, processed = _concatenated(recordings, current)
+  truth, processed = (np.concatenate(part) for part in _processed(recordings, current))
   center, spread = processed.mean(axis=0), processed.std(axis=0)
   scale = truth.std(axis=0) / np.where(spread > 0, spread, np.nan)
   keep_best([[dataclasses.replace(steps, scale=float(scale[k]), center=float(center[k]))
               if np.isfinite(scale[k]) else steps  # a constant prediction cannot be rescaled.
               for k, steps in enumerate(current)]])
 
-  truth, processed = _concatenated(recordings, current)
+  truth, processed = (np.concatenate(part) for part in _processed(recordings, current))
   bias = truth.mean(axis=0) - processed.mean(axis=0)
   keep_best([[dataclasses.replace(steps, bias=float(bias[k])) for k, steps in enumerate(current)]])
 
