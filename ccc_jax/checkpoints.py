@@ -27,10 +27,11 @@ from jax.sharding import NamedSharding, PartitionSpec as P, SingleDeviceSharding
 import orbax.checkpoint as ocp
 
 
-def _manager(directory: str, *, async_save: bool, read_only: bool = False):
+def _manager(directory: str, *, async_save: bool, for_reading: bool = False):
+  # For reading: keep every step and create nothing (orbax's read_only mode warns on each use).
   options = ocp.CheckpointManagerOptions(
-      max_to_keep=1, create=not read_only, enable_async_checkpointing=async_save,
-      read_only=read_only)
+      max_to_keep=None if for_reading else 1, create=not for_reading,
+      enable_async_checkpointing=async_save)
   handlers = {'params': ocp.StandardCheckpointHandler(),
               'opt_state': ocp.StandardCheckpointHandler(),
               'data': grain.checkpoint.CheckpointHandler(),
@@ -106,7 +107,7 @@ def resolve(workdir: str, which: str = 'best') -> tuple[ocp.CheckpointManager, i
   if not os.path.isdir(directory):
     raise FileNotFoundError(f'{workdir} has no {kind} checkpoint (no folder {directory}); '
                             'train first with python -m launch.train')
-  manager = _manager(directory, async_save=False, read_only=True)
+  manager = _manager(directory, async_save=False, for_reading=True)
   steps = manager.all_steps()
   if not steps:
     raise FileNotFoundError(f'{directory} holds no complete checkpoint')

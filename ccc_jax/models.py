@@ -217,7 +217,9 @@ class BidirectionalGRULayer(nnx.Module):
       h = (1.0 - update) * candidate + update * h
       return h, h
 
-    h0 = jnp.zeros((2, batch, hidden), x.dtype)
+    # zeros_like (not jnp.zeros) so that inside shard_map the carry is typed as varying over
+    # the same mesh axes as the data, which scan requires of its carry.
+    h0 = jnp.zeros_like(gates_x[0, :, :, :hidden])  # [2, B, H]
     _, states = jax.lax.scan(step, h0, gates_x)  # [T, 2, B, H]
     forward, backward = states[:, 0], jnp.flip(states[:, 1], axis=0)
     both = jnp.moveaxis(jnp.concatenate([forward, backward], axis=-1), 0, 1)  # [B, T, 2H]

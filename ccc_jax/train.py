@@ -14,6 +14,7 @@ its own initialisation and data order). Stacked parameters are what checkpoints 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 import os
@@ -76,22 +77,44 @@ class ModelInfo:
     return cls(**data)
 
 
-def build_model(model_config: ml_collections.ConfigDict, info: ModelInfo, seed: int):
-  """`(graphdef, params)` of a freshly initialised `AVDNet` for this seed."""
-  model = models.AVDNet(model_config, num_tasks=len(info.tasks), input_dims=info.input_dims,
-                        rngs=nnx.Rngs(seed))
-  graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+def _new_model(model_config, info: ModelInfo, seed) -> models.AVDNet:
+  return models.AVDNet(model_config, num_tasks=len(info.tasks), input_dims=info.input_dims,
+                       rngs=nnx.Rngs(seed))
+
+
+def abstract_model(model_config, info: ModelInfo) -> tuple[Any, Any]:
+  """`(graphdef, params)` with shapes and dtypes only (no computation): for restoring."""
+  graphdef, params, rest = nnx.split(
+      nnx.eval_shape(lambda: _new_model(model_config, info, 0)), nnx.Param, ...)
   if jax.tree.leaves(rest):
     raise TypeError('the model holds non-parameter state; the functional train step needs none')
   return graphdef, params
 
 
 def init_params(model_config, info: ModelInfo, seeds) -> tuple[Any, Any]:
-  """Graph definition and parameters stacked over `seeds` (leading axis)."""
-  built = [build_model(model_config, info, int(seed)) for seed in seeds]
-  graphdef = built[0][0]
-  params = jax.tree.map(lambda *xs: jnp.stack(xs), *[p for _, p in built])
-  return graphdef, params
+  """Graph definition and parameters stacked over `seeds` (leading axis).
+
+  One compiled program initialises every seed (eager initialisation compiles op by op and takes
+  seconds), cached per model config; `jax.random` gives each seed the values it gets alone.
+  """
+  graphdef, _ = abstract_model(model_config, info)
+  init = _compiled_init(model_config.to_json(), json.dumps(info.input_dims, sort_keys=True),
+                        len(info.tasks))
+  return graphdef, init(jnp.asarray(seeds, jnp.uint32))
+
+
+@functools.lru_cache(maxsize=16)
+def _compiled_init(model_config_json: str, input_dims_json: str, num_tasks: int):
+  model_config = ml_collections.ConfigDict(json.loads(model_config_json))
+  input_dims = json.loads(input_dims_json)
+
+  @jax.jit
+  @jax.vmap
+  def init(seed):
+    model = models.AVDNet(model_config, num_tasks=num_tasks, input_dims=input_dims,
+                          rngs=nnx.Rngs(jax.random.key(seed)))
+    return nnx.split(model, nnx.Param, ...)[1]
+  return init
 
 
 def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
@@ -314,3 +337,19 @@ def _flatten(table: dict[str, Any]) -> dict[str, float]:
     if isinstance(columns, dict):
       flat.update({f'{row}/{name}': value for name, value in columns.items()})
   return flat
+
+
+def restore_model(workdir: str, which: str = 'best') -> tuple[Any, Any, dict[str, Any]]:
+  """`(graphdef, params stacked over seeds, run_info)` from a workdir, on this process's first
+  device, whatever number of devices trained it. `which`: 'best', 'latest' or a step."""
+
+  def abstract_params(run_info):
+    model_config = ml_collections.ConfigDict(run_info['config']['model'])
+    _, params = abstract_model(model_config, ModelInfo.from_json(run_info['model_info']))
+    seeds = len(run_info['config']['seeds'])
+    return jax.tree.map(lambda x: jax.ShapeDtypeStruct((seeds,) + x.shape, x.dtype), params)
+
+  params, run_info = checkpoints.restore_params(workdir, which, abstract_params)
+  model_config = ml_collections.ConfigDict(run_info['config']['model'])
+  graphdef, _ = abstract_model(model_config, ModelInfo.from_json(run_info['model_info']))
+  return graphdef, params, run_info

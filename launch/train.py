@@ -11,6 +11,7 @@ reads its own slice of the data.
 
 from absl import app
 from absl import flags
+from absl import logging
 from ml_collections import config_flags
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Config file (with :variants).',
@@ -25,6 +26,8 @@ _DISTRIBUTED = flags.DEFINE_bool('distributed', False,
 
 def main(argv):
   del argv
+  if not flags.FLAGS['verbosity'].present:
+    logging.set_verbosity(logging.WARNING)  # Orbax logs every save at INFO
   import jax  # pylint: disable=g-import-not-at-top
   from launch import distributed  # pylint: disable=g-import-not-at-top
   distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value,

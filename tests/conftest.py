@@ -9,3 +9,48 @@ import os
 os.environ['XLA_FLAGS'] = (
     os.environ.get('XLA_FLAGS', '') + ' --xla_force_host_platform_device_count=8').strip()
 os.environ.setdefault('JAX_PLATFORMS', 'cpu')
+
+# Compiled programs are shared across tests and with the subprocesses some tests start (the
+# launch scripts): XLA compiles are most of the suite's time on 2 cores.
+if 'JAX_COMPILATION_CACHE_DIR' not in os.environ:
+  import tempfile
+  os.environ['JAX_COMPILATION_CACHE_DIR'] = tempfile.mkdtemp(prefix='ccc_jax_xla_cache_')
+os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '0')
+os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES', '0')
+
+import pathlib  # noqa: E402
+
+import pytest  # noqa: E402
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+
+
+def tiny_config(data_dir, **overrides):
+  """The tiny synthetic config (launch/configs/synthetic.py:tiny) reading `data_dir`."""
+  from launch.configs import synthetic
+  config = synthetic.get_config('tiny')
+  config.data_dir = str(data_dir)
+  for key, value in overrides.items():
+    setattr(config, key, value)
+  return config
+
+
+@pytest.fixture(scope='session')
+def tiny_data_dir(tmp_path_factory):
+  """synthetic_avd/tiny prepared once per session with the real builder."""
+  if os.environ.get('CCC_TINY_DATA_DIR'):
+    return pathlib.Path(os.environ['CCC_TINY_DATA_DIR'])
+  from launch import prepare
+  data_dir = tmp_path_factory.mktemp('tiny_data')
+  prepare.prepare_dataset('synthetic_avd/tiny', data_dir=str(data_dir))
+  return data_dir
+
+
+@pytest.fixture(scope='session')
+def tiny_workdir(tiny_data_dir, tmp_path_factory):
+  """A workdir trained once per session on the tiny config (20 steps, checkpoints at 10, 20)."""
+  from ccc_jax import train
+  workdir = tmp_path_factory.mktemp('tiny_run') / 'run'
+  summary = train.train_and_evaluate(tiny_config(tiny_data_dir), str(workdir))
+  assert summary['step'] == 20
+  return workdir

@@ -1,0 +1,156 @@
+"""The trainer end to end on the tiny synthetic corpus: outputs, resume, SIGKILL, multi-host, NaN."""
+
+import json
+import os
+import random
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import pytest
+
+from ccc_jax import input_pipeline
+from ccc_jax import train
+from conftest import REPO, tiny_config
+
+
+def _params(workdir, which='latest'):
+  _, params, run_info = train.restore_model(str(workdir), which)
+  return jax.device_get(params), run_info
+
+
+def _assert_same_params(a, b, exact=True):
+  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+    if exact:
+      np.testing.assert_array_equal(x, y)
+    else:
+      np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-6)
+
+
+def _train_command(data_dir, workdir, *extra):
+  return [sys.executable, '-m', 'launch.train', '--config=launch/configs/synthetic.py:tiny',
+          f'--config.data_dir={data_dir}', f'--workdir={workdir}', *extra]
+
+
+def _env(devices):
+  env = dict(os.environ)
+  env['XLA_FLAGS'] = f'--xla_force_host_platform_device_count={devices}'
+  return env
+
+
+def test_run_writes_metrics_checkpoints_and_a_dev_table(tiny_workdir):
+  summary = json.loads((tiny_workdir / 'summary.json').read_text())
+  assert summary['step'] == 20
+  for task in ('activation', 'valence', 'dominance', 'mean'):
+    assert np.isfinite(summary['dev'][task]['ccc_concat'])
+    assert np.isfinite(summary['dev'][task]['ccc_seq_mean'])
+  records = [json.loads(line) for line in (tiny_workdir / 'metrics.jsonl').read_text().splitlines()]
+  assert {r['kind'] for r in records} == {'train', 'dev'}
+  assert [r['step'] for r in records if r['kind'] == 'dev'] == [10, 20]
+  assert all(np.isfinite(r['loss']) for r in records if r['kind'] == 'train')
+  assert list((tiny_workdir / 'tensorboard').glob('events.out.tfevents.*'))
+  assert sorted(os.listdir(tiny_workdir / 'checkpoints' / 'latest')) == ['20']
+  best_step = int(os.listdir(tiny_workdir / 'checkpoints' / 'best')[0])
+  best_params, best_info = _params(tiny_workdir, 'best')
+  assert best_info['dev_ccc'] == pytest.approx(summary['best_dev_ccc'])
+  assert best_info['step'] == best_step
+  assert best_info['model_info']['tasks'] == ['activation', 'valence', 'dominance']
+
+
+def test_restored_model_reproduces_the_dev_scores(tiny_workdir, tiny_data_dir):
+  graphdef, params, run_info = train.restore_model(str(tiny_workdir), 'latest')
+  config = tiny_config(tiny_data_dir)
+  corpus = input_pipeline.open_corpus(config.dataset, config.data_dir)
+  table = train.evaluate_dev(config, graphdef, params, corpus, config.tasks)
+  summary = json.loads((tiny_workdir / 'summary.json').read_text())
+  for task in config.tasks:
+    assert table[task]['ccc_concat'] == pytest.approx(summary['dev'][task]['ccc_concat'],
+                                                      abs=1e-6)
+
+
+def test_resume_continues_and_refuses_another_config(tiny_workdir, tiny_data_dir, tmp_path):
+  workdir = tmp_path / 'run'
+  shutil.copytree(tiny_workdir, workdir)
+  with pytest.raises(ValueError, match="loss: 'ccc' -> 'mse'"):
+    train.train_and_evaluate(tiny_config(tiny_data_dir, loss='mse'), str(workdir))
+  summary = train.train_and_evaluate(tiny_config(tiny_data_dir, num_steps=25), str(workdir))
+  assert summary['step'] == 25
+  assert sorted(os.listdir(workdir / 'checkpoints' / 'latest')) == ['25']
+
+
+def test_sigkill_at_any_moment_then_restart_reaches_the_same_parameters(tiny_workdir,
+                                                                        tiny_data_dir, tmp_path):
+  """Killed with SIGKILL after a checkpoint, then restarted: the uninterrupted run's parameters."""
+  workdir = tmp_path / 'killed'
+  command = _train_command(tiny_data_dir, workdir, '--config.checkpoint_every=5')
+  process = subprocess.Popen(command, cwd=REPO, env=_env(8), stdout=subprocess.DEVNULL,
+                             stderr=subprocess.PIPE)
+  latest = workdir / 'checkpoints' / 'latest'
+  deadline = time.time() + 240
+  while time.time() < deadline and process.poll() is None:
+    if latest.is_dir() and any(name.isdigit() for name in os.listdir(latest)):
+      break
+    time.sleep(0.05)
+  delay = random.Random().uniform(0.0, 0.6)
+  time.sleep(delay)
+  killed_alive = process.poll() is None
+  process.send_signal(signal.SIGKILL)
+  process.wait()
+  steps_left = sorted(os.listdir(latest)) if latest.is_dir() else []
+  print(f'killed after {delay:.2f} s (still running: {killed_alive}); checkpoints: {steps_left}')
+  assert killed_alive, process.stderr.read().decode()[-3000:]
+  finished = subprocess.run(command, cwd=REPO, env=_env(8), capture_output=True, text=True)
+  assert finished.returncode == 0, finished.stderr[-3000:]
+  assert 'resumed from' in finished.stdout
+  _assert_same_params(_params(workdir)[0], _params(tiny_workdir)[0], exact=True)
+
+
+def _free_port():
+  with socket.socket() as s:
+    s.bind(('localhost', 0))
+    return s.getsockname()[1]
+
+
+def test_two_processes_match_one_process(tiny_data_dir, tmp_path):
+  """Two processes with two CPU devices each reach the parameters of one process with four."""
+  port = _free_port()
+  runs = [subprocess.Popen(_train_command(tiny_data_dir, tmp_path / 'one', '--config.num_steps=10'),
+                           cwd=REPO, env=_env(4), stdout=subprocess.PIPE, stderr=subprocess.PIPE)]
+  for process_id in range(2):
+    runs.append(subprocess.Popen(
+        _train_command(tiny_data_dir, tmp_path / 'two', '--config.num_steps=10',
+                       f'--coordinator_address=localhost:{port}', '--num_processes=2',
+                       f'--process_id={process_id}'),
+        cwd=REPO, env=_env(2), stdout=subprocess.PIPE, stderr=subprocess.PIPE))
+  outputs = [run.communicate(timeout=400) for run in runs]
+  for run, (out, err) in zip(runs, outputs):
+    assert run.returncode == 0, err.decode()[-3000:]
+  assert b'4 x cpu (2 process(es))' in outputs[1][0]
+  _assert_same_params(_params(tmp_path / 'one')[0], _params(tmp_path / 'two')[0], exact=False)
+
+
+def test_nan_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(
+    tiny_data_dir, tmp_path, monkeypatch):
+  calls = {'n': 0}
+  original = input_pipeline.SeedIterators.__next__
+
+  def poisoned(self):
+    batch = original(self)
+    calls['n'] += 1
+    if calls['n'] == 13:  # the batch of step 13
+      batch['labels'] = np.full_like(batch['labels'], np.nan)
+    return batch
+
+  monkeypatch.setattr(input_pipeline.SeedIterators, '__next__', poisoned)
+  workdir = tmp_path / 'nan'
+  with pytest.raises(train.TrainingDiverged, match='at step 13'):
+    train.train_and_evaluate(tiny_config(tiny_data_dir), str(workdir))
+  assert sorted(os.listdir(workdir / 'checkpoints' / 'latest')) == ['10']
+  params, run_info = _params(workdir)
+  assert run_info['step'] == 10
+  assert all(np.all(np.isfinite(x)) for x in jax.tree.leaves(params))

@@ -1,0 +1,101 @@
+"""The train step: shard_map, pmap and one device agree; vectorised seeds equal seeds trained alone."""
+
+import jax
+import numpy as np
+import pytest
+
+from ccc_jax import sharding
+from ccc_jax import train
+from launch.configs import synthetic
+
+WINDOW = 8
+INFO = train.ModelInfo(
+    tasks=('activation', 'valence', 'dominance'),
+    input_dims={'audio': 640, 'logmel': 40, 'mocap': 12}, stats={}, window=WINDOW, hop=4,
+    sample_rate=16000, label_rate=25, dataset='test')
+
+
+def _config(seeds=(0,)):
+  config = synthetic.get_config('tiny')
+  config.seeds = seeds
+  config.num_steps = 10
+  config.optimizer.warmup_steps = 2
+  # The collectives are what is tested, not the model: the smallest model with every branch.
+  config.model.audio_channels = (4, 8)
+  config.model.audio_kernel_sizes = (40, 32)
+  config.model.audio_strides = (40, 16)
+  config.model.tcn_dilations = (1,)
+  return config
+
+
+def _batches(seed: int, steps: int = 3, batch: int = 8):
+  """Global batches `[1, batch, ...]` (one seed axis) of random inputs and correlated labels."""
+  rng = np.random.default_rng(seed)
+  out = []
+  for _ in range(steps):
+    labels = rng.normal(size=(batch, WINDOW, 3)).astype(np.float32)
+    out.append({
+        'audio': rng.normal(size=(1, batch, WINDOW * 640)).astype(np.float32),
+        'logmel': (rng.normal(size=(1, batch, WINDOW * 4, 40))
+                   + np.repeat(labels[..., :1], 4, axis=1)[None]).astype(np.float32),
+        'mocap': (rng.normal(size=(1, batch, WINDOW, 12))
+                  + np.tile(labels, 4)[None]).astype(np.float32),
+        'labels': labels[None],
+        'mask': (rng.random((1, batch, WINDOW)) > 0.1).astype(np.float32),
+    })
+  return out
+
+
+def _train(config, devices, mode, batches):
+  graphdef, state, optimizer = train.create_state(config, INFO)
+  parallel = sharding.DataParallel(sharding.make_mesh(devices), mode)
+  step = parallel.run(train.make_per_device_step(graphdef, optimizer, config.loss, None),
+                      batch_axis=1)
+  state = parallel.put_state(state)
+  losses = []
+  for batch in batches:
+    state, metrics = step(state, parallel.put_batch(batch, axis=1))
+    losses.append(np.asarray(metrics['loss']).reshape(-1)[:len(config.seeds)])
+  return jax.device_get(parallel.get_state(state)), np.stack(losses)
+
+
+@pytest.fixture(scope='module')
+def one_device_run():
+  return _train(_config(), jax.devices()[:1], 'shard_map', _batches(0))
+
+
+@pytest.mark.parametrize('mode', sharding.PARALLEL_MODES)
+def test_eight_devices_match_one_device(one_device_run, mode):
+  assert jax.device_count() == 8
+  reference_state, reference_losses = one_device_run
+  state, losses = _train(_config(), jax.devices(), mode, _batches(0))
+  np.testing.assert_allclose(losses, reference_losses, rtol=2e-5)
+  assert int(np.asarray(state.step)[0]) == 3
+  for got, want in zip(jax.tree.leaves(state.params), jax.tree.leaves(reference_state.params)):
+    np.testing.assert_allclose(got, want, rtol=2e-4, atol=2e-6)
+  # Training moved the parameters (the comparison above is not between two initialisations).
+  initial = train.init_params(_config().model, INFO, (0,))[1]
+  moved = max(float(np.max(np.abs(a - b))) for a, b in
+              zip(jax.tree.leaves(state.params), jax.tree.leaves(initial)))
+  assert moved > 1e-3
+
+
+def test_vectorised_seeds_equal_seeds_trained_alone():
+  together_batches = [
+      {k: np.concatenate([a[k], b[k]]) for k in a} for a, b in zip(_batches(0), _batches(1))]
+  together, together_losses = _train(_config(seeds=(0, 1)), jax.devices()[:2], 'shard_map',
+                                     together_batches)
+  alone, alone_losses = _train(_config(seeds=(1,)), jax.devices()[:2], 'shard_map', _batches(1))
+  np.testing.assert_allclose(together_losses[:, 1], alone_losses[:, 0], rtol=2e-5)
+  for got, want in zip(jax.tree.leaves(together.params), jax.tree.leaves(alone.params)):
+    np.testing.assert_allclose(got[1], want[0], rtol=2e-4, atol=2e-6)
+  # And the two seeds really are different models.
+  first = jax.tree.leaves(together.params)[0]
+  assert not np.allclose(first[0], first[1])
+
+
+def test_unknown_loss_and_parallel_mode_are_refused():
+  with pytest.raises(ValueError, match="unknown loss 'l1'"):
+    train.make_per_device_step(None, None, 'l1', None)
+  with pytest.raises(ValueError, match="unknown parallel mode 'pjit'"):
+    sharding.DataParallel(sharding.make_mesh(), 'pjit')
