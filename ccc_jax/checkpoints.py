@@ -43,6 +43,16 @@ def _abstract(tree: Any, sharding) -> Any:
   return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), tree)
 
 
+class _IteratorState:
+  """A data iterator's state captured at save time, in the form grain's handler writes."""
+
+  def __init__(self, state: bytes):
+    self._state = state
+
+  def get_state(self) -> bytes:
+    return self._state
+
+
 class Checkpoints:
   """The latest and the best checkpoint of one workdir."""
 
@@ -55,10 +65,13 @@ class Checkpoints:
     return self.latest.latest_step()
 
   def save_latest(self, step: int, state, iterators, run_info: dict) -> None:
+    """Saves asynchronously; `state` must not be modified afterwards (pass a copy)."""
     self.latest.save(step, args=ocp.args.Composite(
         params=ocp.args.StandardSave(state.params),
         opt_state=ocp.args.StandardSave(state.opt_state),
-        data=grain.checkpoint.CheckpointSave(iterators),
+        # The iterators' position now: the async save may read its item after training has
+        # drawn further batches.
+        data=grain.checkpoint.CheckpointSave(_IteratorState(iterators.get_state())),
         run=ocp.args.JsonSave(run_info)))
 
   def save_best(self, step: int, params, run_info: dict, score: float) -> None:

@@ -52,7 +52,8 @@ def default_model_config() -> ml_collections.ConfigDict:
 
   # Fused per-frame representation and the temporal model over it.
   config.trunk_width = 64
-  config.temporal = 'tcn'
+  # 'gru': measured dev CCC 0.79 against 0.70 for 'tcn' at the same speed (BUILD_NOTES.md).
+  config.temporal = 'gru'
   config.tcn_kernel_size = 3
   # Receptive field 1 + (kernel - 1) * sum(dilations) = 31 frames (1.24 s).
   config.tcn_dilations = (1, 2, 4, 8)

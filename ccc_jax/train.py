@@ -287,10 +287,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
         score = last_eval['mean']['ccc_concat']
         if math.isfinite(score) and score > best_score:
           best_score = score
-          store.save_best(step, parallel.get_state(state).params,
+          store.save_best(step, _snapshot(parallel.get_state(state).params),
                           {**run_info, 'step': step, 'dev': last_eval}, score)
       if step % config.checkpoint_every == 0 or final:
-        store.save_latest(step, parallel.get_state(state), iterators,
+        store.save_latest(step, _snapshot(parallel.get_state(state)), iterators,
                           {**run_info, 'step': step})
     store.wait()
   finally:
@@ -306,6 +306,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     with open(os.path.join(workdir, 'summary.json'), 'w') as f:
       json.dump(summary, f, indent=2)
   return summary
+
+
+@jax.jit
+def _snapshot(tree):
+  """Fresh buffers for an async save: the train step donates (reuses) the state's buffers."""
+  return jax.tree.map(jnp.copy, tree)
 
 
 def _check_finite(pending) -> dict[str, float]:
@@ -338,18 +344,3 @@ def _flatten(table: dict[str, Any]) -> dict[str, float]:
       flat.update({f'{row}/{name}': value for name, value in columns.items()})
   return flat
 
-
-def restore_model(workdir: str, which: str = 'best') -> tuple[Any, Any, dict[str, Any]]:
-  """`(graphdef, params stacked over seeds, run_info)` from a workdir, on this process's first
-  device, whatever number of devices trained it. `which`: 'best', 'latest' or a step."""
-
-  def abstract_params(run_info):
-    model_config = ml_collections.ConfigDict(run_info['config']['model'])
-    _, params = abstract_model(model_config, ModelInfo.from_json(run_info['model_info']))
-    seeds = len(run_info['config']['seeds'])
-    return jax.tree.map(lambda x: jax.ShapeDtypeStruct((seeds,) + x.shape, x.dtype), params)
-
-  params, run_info = checkpoints.restore_params(workdir, which, abstract_params)
-  model_config = ml_collections.ConfigDict(run_info['config']['model'])
-  graphdef, _ = abstract_model(model_config, ModelInfo.from_json(run_info['model_info']))
-  return graphdef, params, run_info

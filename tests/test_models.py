@@ -63,7 +63,7 @@ def inputs():
 def test_default_config():
   config = models.default_model_config()
   assert config.modalities == ('audio', 'logmel', 'mocap')
-  assert config.temporal == 'tcn'
+  assert config.temporal == 'gru'
   assert np.prod(config.audio_strides) == 640
 
 

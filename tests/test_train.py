@@ -14,14 +14,16 @@ import jax
 import numpy as np
 import pytest
 
+from ccc_jax import checkpoints
+from ccc_jax import inference
 from ccc_jax import input_pipeline
 from ccc_jax import train
 from conftest import REPO, tiny_config
 
 
 def _params(workdir, which='latest'):
-  _, params, run_info = train.restore_model(str(workdir), which)
-  return jax.device_get(params), run_info
+  restored = inference.restore_model(str(workdir), which)
+  return jax.device_get(restored.params), restored
 
 
 def _assert_same_params(a, b, exact=True):
@@ -56,17 +58,18 @@ def test_run_writes_metrics_checkpoints_and_a_dev_table(tiny_workdir):
   assert list((tiny_workdir / 'tensorboard').glob('events.out.tfevents.*'))
   assert sorted(os.listdir(tiny_workdir / 'checkpoints' / 'latest')) == ['20']
   best_step = int(os.listdir(tiny_workdir / 'checkpoints' / 'best')[0])
-  best_params, best_info = _params(tiny_workdir, 'best')
-  assert best_info['dev_ccc'] == pytest.approx(summary['best_dev_ccc'])
-  assert best_info['step'] == best_step
-  assert best_info['model_info']['tasks'] == ['activation', 'valence', 'dominance']
+  _, best = _params(tiny_workdir, 'best')
+  assert best.step == best_step
+  assert best.tasks == ('activation', 'valence', 'dominance')
+  assert checkpoints.Checkpoints(str(tiny_workdir)).best_score() == pytest.approx(
+      summary['best_dev_ccc'])
 
 
 def test_restored_model_reproduces_the_dev_scores(tiny_workdir, tiny_data_dir):
-  graphdef, params, run_info = train.restore_model(str(tiny_workdir), 'latest')
+  restored = inference.restore_model(str(tiny_workdir), 'latest')
   config = tiny_config(tiny_data_dir)
   corpus = input_pipeline.open_corpus(config.dataset, config.data_dir)
-  table = train.evaluate_dev(config, graphdef, params, corpus, config.tasks)
+  table = train.evaluate_dev(config, restored.graphdef, restored.params, corpus, config.tasks)
   summary = json.loads((tiny_workdir / 'summary.json').read_text())
   for task in config.tasks:
     assert table[task]['ccc_concat'] == pytest.approx(summary['dev'][task]['ccc_concat'],
@@ -151,6 +154,6 @@ def test_nan_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(
   with pytest.raises(train.TrainingDiverged, match='at step 13'):
     train.train_and_evaluate(tiny_config(tiny_data_dir), str(workdir))
   assert sorted(os.listdir(workdir / 'checkpoints' / 'latest')) == ['10']
-  params, run_info = _params(workdir)
-  assert run_info['step'] == 10
+  params, restored = _params(workdir)
+  assert restored.step == 10
   assert all(np.all(np.isfinite(x)) for x in jax.tree.leaves(params))

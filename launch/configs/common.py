@@ -64,7 +64,8 @@ VARIANTS = {
     'audio_only': (_modalities('audio', 'logmel'), 'audio branches only (raw + log-mel)'),
     'mocap_only': (_modalities('mocap',), 'mocap branch only'),
     'raw_audio_only': (_modalities('audio',), 'raw-waveform branch only'),
-    'gru': (lambda c, _: setattr(c.model, 'temporal', 'gru'), 'bidirectional GRU temporal model'),
+    'tcn': (lambda c, _: setattr(c.model, 'temporal', 'tcn'),
+            'dilated temporal convolutions instead of the bidirectional GRU'),
     'pmap': (lambda c, _: setattr(c, 'parallel', 'pmap'), 'literal jax.pmap train step'),
     'seeds': (_seeds, 'seeds=N trains seeds 0..N-1 together'),
 }

@@ -1,0 +1,301 @@
+"""Shared TFDS builder base: validated recordings in, fixed-length windows and metadata out.
+
+Owns the data contract of BUILD_NOTES.md: the feature spec every corpus writes, cutting each
+recording into windows (with `ccc_jax.windows`), the log-mel features computed once per
+recording, the dataset metadata, and the normalisation statistics computed on the training
+split only. A corpus builder only lists and validates its recordings (`_list_recordings`,
+which should find every bad input file before anything is written) and loads one recording
+at a time (`_load_recording`).
+"""
+
+from __future__ import annotations
+
+import abc
+import dataclasses
+import inspect
+import os
+from typing import Any, Iterator, Sequence
+
+from absl import logging
+from etils import epath
+import numpy as np
+import tensorflow_datasets as tfds
+
+from ccc_jax import features
+from ccc_jax import windows
+from ccc_jax.audio_io import DataError
+
+# A prepared label file may run a little longer or shorter than its audio (RECOLA's gold
+# standard has a row at t = 300.00 s for 300 s of audio); beyond this it is a different length.
+LENGTH_TOLERANCE_S = 1.0
+LENGTH_TOLERANCE_FRAMES = int(LENGTH_TOLERANCE_S * features.LABEL_RATE)
+
+# Default window: 100 label frames (4 s), hop 50 (2 s). 4 s spans the usual 2-4 s annotation
+# delay, so most labels in a window have their cause inside it; a 50 % overlap puts every frame
+# in two windows, so evaluation averages two predictions with different context and no frame
+# sits only at a window edge.
+DEFAULT_WINDOW = 100
+DEFAULT_HOP = 50
+
+# Standard deviations below this are stored as 1: a constant feature (e.g. a marker never seen
+# in training) is then only centred by normalisation, never divided by ~0.
+_MIN_STD = 1e-6
+
+
+@dataclasses.dataclass(eq=False)
+class WindowedConfig(tfds.core.BuilderConfig):
+  """Window length and hop in label frames (25 Hz), shared by every corpus config."""
+  window: int = DEFAULT_WINDOW
+  hop: int = DEFAULT_HOP
+
+
+@dataclasses.dataclass
+class Recording:
+  """One loaded recording, every signal already aligned to its `num_frames` label frames.
+
+  Attributes:
+    recording_id: unique within the dataset.
+    num_frames: label frames (25 Hz) the recording lasts.
+    audio: float32 16 kHz mono waveform; trimmed or zero-padded to num_frames * 640 samples by
+      the base builder.
+    labels: float32 `[num_frames, tasks]` gold standard, or None in an unlabelled split.
+    frame_features: extra per-label-frame features by name (`mocap`, `egemaps`), each float32
+      `[num_frames, dim]`.
+  """
+  recording_id: str
+  num_frames: int
+  audio: np.ndarray
+  labels: np.ndarray | None = None
+  frame_features: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
+
+
+class RunningStats:
+  """Per-dimension mean and std over many arrays, merged exactly (Chan et al.) in float64.
+
+  Each added block is centred on its own mean before squaring, avoiding the cancellation of
+  the one-pass E[x^2] - E[x]^2 form.
+  """
+
+  def __init__(self):
+    self.count = 0
+    self.mean = None
+    self.m2 = None
+
+  def add(self, values: np.ndarray) -> None:
+    """Adds rows of `values` ([n, dim], or [n] for a scalar statistic)."""
+    values = np.asarray(values, dtype=np.float64)
+    if values.shape[0] == 0:
+      return
+    count = values.shape[0]
+    mean = values.mean(axis=0)
+    m2 = ((values - mean) ** 2).sum(axis=0)
+    if self.count == 0:
+      self.count, self.mean, self.m2 = count, mean, m2
+      return
+    total = self.count + count
+    delta = mean - self.mean
+    self.mean = self.mean + delta * count / total
+    self.m2 = self.m2 + m2 + delta ** 2 * self.count * count / total
+    self.count = total
+
+  def result(self) -> dict[str, Any]:
+    """{'mean': ..., 'std': ...} as JSON-ready floats (lists for vector statistics)."""
+    std = np.sqrt(self.m2 / self.count)
+    std = np.where(std < _MIN_STD, 1.0, std)
+    return {'mean': np.asarray(self.mean).tolist(), 'std': np.asarray(std).tolist()}
+
+
+def require_finite(values: np.ndarray, path: str | os.PathLike, what: str) -> None:
+  """Raises DataError naming `path` if `values` hold NaN or infinite entries."""
+  values = np.asarray(values)
+  if not np.all(np.isfinite(values)):
+    flat_index = int(np.flatnonzero(~np.isfinite(values))[0])
+    row = np.unravel_index(flat_index, values.shape)[0] if values.ndim else 0
+    raise DataError(f'{os.fspath(path)}: {what} contains NaN or infinite values '
+                    f'(first in row {row})')
+
+
+def require_similar_length(path: str | os.PathLike, num_frames: int, audio_path: str,
+                           audio_frames: int) -> None:
+  """Raises DataError if a per-frame file and its audio differ by more than the tolerance."""
+  if abs(num_frames - audio_frames) > LENGTH_TOLERANCE_FRAMES:
+    raise DataError(
+        f'{os.fspath(path)}: {num_frames} frames ({num_frames / features.LABEL_RATE:.2f} s) but '
+        f'its audio {audio_path} lasts {audio_frames} frames '
+        f'({audio_frames / features.LABEL_RATE:.2f} s); they must agree within '
+        f'{LENGTH_TOLERANCE_S} s')
+
+
+def require_dir(path: str | os.PathLike, what: str) -> str:
+  """Returns `path` as a string; raises DataError if it is not an existing folder."""
+  path = os.fspath(path)
+  if not os.path.isdir(path):
+    raise DataError(f'{path}: {what} folder not found')
+  return path
+
+
+def manual_dir(dl_manager: tfds.download.DownloadManager) -> str:
+  """The manual_dir given to download_and_prepare, checked to exist and be non-empty."""
+  try:
+    return os.fspath(dl_manager.manual_dir)
+  except AssertionError as error:
+    raise DataError(f'manual_dir: {error}'.split('\n')[0]) from error
+
+
+class WindowedBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
+  """Base of every corpus builder: writes the data contract's windows and metadata.
+
+  Subclasses set TASKS, LABELLED_SPLITS, BUILDER_CONFIGS (WindowedConfig subclasses) and
+  FRAME_FEATURES, and implement `_list_recordings` and `_load_recording`.
+  """
+
+  VERSION = tfds.core.Version('1.0.0')
+  RELEASE_NOTES = {'1.0.0': 'First release.'}
+  TASKS: tuple[str, ...] = ()
+  LABELLED_SPLITS: tuple[str, ...] = ('train', 'dev', 'test')
+
+  @tfds.core.utils.classproperty
+  @classmethod
+  def code_path(cls) -> epath.Path:
+    """The file defining the builder class.
+
+    TFDS's own version first tries package resources and, for a regular package like ours,
+    then needs the `importlib_resources` backport (not a dependency) just for an isinstance
+    check; its fallback, used here directly, gives the same path.
+    """
+    return epath.Path(inspect.getfile(cls))
+
+  def _frame_feature_dims(self) -> dict[str, int | None]:
+    """Extra per-label-frame features this config writes, name -> width (None: from data)."""
+    return {}
+
+  @abc.abstractmethod
+  def _list_recordings(self, dl_manager) -> dict[str, Sequence[Any]]:
+    """Finds and validates every input; returns split -> per-recording sources.
+
+    Should raise DataError for any bad input it can detect without decoding audio, so that a
+    bad corpus fails before a single window is written. May add corpus-specific metadata.
+    """
+
+  @abc.abstractmethod
+  def _load_recording(self, source: Any) -> Recording:
+    """Loads one recording listed by `_list_recordings`."""
+
+  def _info(self) -> tfds.core.DatasetInfo:
+    window = self.builder_config.window
+    # Float tensors are stored as raw bytes: 10x faster to write than tf.train.FloatList and
+    # read back as the same float32 arrays.
+    def tensor(shape):
+      return tfds.features.Tensor(shape=shape, dtype=np.float32,
+                                  encoding=tfds.features.Encoding.BYTES)
+    spec = {
+        'recording': tfds.features.Text(),
+        'start': tfds.features.Scalar(dtype=np.int32),
+        'mask': tensor((window,)),
+        'labels': tensor((window, len(self.TASKS))),
+        'audio': tensor((window * features.SAMPLES_PER_FRAME,)),
+        'logmel': tensor((window * features.LOGMEL_PER_FRAME, features.NUM_MELS)),
+    }
+    for name, dim in self._frame_feature_dims().items():
+      spec[name] = tensor((window, dim))
+    return tfds.core.DatasetInfo(
+        builder=self,
+        description=self.__doc__,
+        features=tfds.features.FeaturesDict(spec),
+        metadata=tfds.core.MetadataDict(),
+    )
+
+  def _split_generators(self, dl_manager) -> dict[str, Iterator[tuple[str, dict[str, Any]]]]:
+    config = self.builder_config
+    windows.window_starts(1, config.window, config.hop)  # rejects a bad window/hop up front
+    sources = self._list_recordings(dl_manager)
+    if not sources.get('train'):
+      raise DataError(f'{self.name}: no recordings in the train split')
+    metadata = self.info.metadata
+    metadata.update({
+        'tasks': list(self.TASKS),
+        'modalities': ['audio', 'logmel'] + list(self._frame_feature_dims()),
+        'sample_rate': features.SAMPLE_RATE,
+        'label_rate': features.LABEL_RATE,
+        'window': config.window,
+        'hop': config.hop,
+        'labelled_splits': [split for split in sources if split in self.LABELLED_SPLITS],
+        'recordings': {split: {} for split in sources},
+        'stats': {},
+    })
+    self._frame_feature_widths: dict[str, int] = {}
+    return {split: self._generate_examples(split, split_sources)
+            for split, split_sources in sources.items()}
+
+  def _generate_examples(self, split: str, sources: Sequence[Any]):
+    config = self.builder_config
+    window, hop = config.window, config.hop
+    labelled = split in self.LABELLED_SPLITS
+    stats = {name: RunningStats() for name in self.info.metadata['modalities']}
+    for index, source in enumerate(sources):
+      recording = self._checked(self._load_recording(source), labelled)
+      num_frames = recording.num_frames
+      if split == 'train':
+        stats['audio'].add(recording.audio)
+      logmel = features.log_mel(recording.audio, num_frames)
+      if split == 'train':
+        stats['logmel'].add(logmel)
+        for name, values in recording.frame_features.items():
+          stats[name].add(values)
+      starts = windows.window_starts(num_frames, window, hop)
+      logging.info('%s %d/%d %s: %.1f s, %d windows', split, index + 1, len(sources),
+                   recording.recording_id, num_frames / features.LABEL_RATE, len(starts))
+      self.info.metadata['recordings'][split][recording.recording_id] = num_frames
+      for start in starts:
+        start = int(start)
+        mask = windows.frame_mask(num_frames, start, window)
+        if labelled:
+          labels = windows.slice_window(recording.labels, start, window)
+        else:
+          labels = np.zeros((window, len(self.TASKS)), np.float32)
+        example = {
+            'recording': recording.recording_id,
+            'start': start,
+            'mask': mask,
+            'labels': labels,
+            'audio': windows.slice_window(recording.audio, start, window,
+                                          features.SAMPLES_PER_FRAME),
+            'logmel': windows.slice_window(logmel, start, window, features.LOGMEL_PER_FRAME),
+        }
+        for name, values in recording.frame_features.items():
+          example[name] = windows.slice_window(values, start, window)
+        yield f'{recording.recording_id}@{start}', example
+    if split == 'train':
+      self.info.metadata['stats'] = {name: stat.result() for name, stat in stats.items()}
+
+  def _checked(self, recording: Recording, labelled: bool) -> Recording:
+    """Fits the audio to the frame count and checks shapes and values of a loaded recording."""
+    where = f'{self.name} recording {recording.recording_id}'
+    num_frames = recording.num_frames
+    if num_frames <= 0:
+      raise DataError(f'{where}: has no label frames')
+    num_samples = num_frames * features.SAMPLES_PER_FRAME
+    audio = np.asarray(recording.audio, np.float32)[:num_samples]
+    recording.audio = np.pad(audio, (0, num_samples - audio.shape[0]))
+    require_finite(recording.audio, where, 'audio')
+    if labelled:
+      if recording.labels is None or recording.labels.shape != (num_frames, len(self.TASKS)):
+        shape = None if recording.labels is None else recording.labels.shape
+        raise DataError(f'{where}: labels have shape {shape}, expected '
+                        f'{(num_frames, len(self.TASKS))}')
+      recording.labels = recording.labels.astype(np.float32)
+      require_finite(recording.labels, where, 'labels')
+    expected = self._frame_feature_dims()
+    if set(recording.frame_features) != set(expected):
+      raise DataError(f'{where}: has features {sorted(recording.frame_features)}, expected '
+                      f'{sorted(expected)}')
+    for name, values in recording.frame_features.items():
+      values = np.asarray(values, np.float32)
+      width = expected[name] or self._frame_feature_widths.setdefault(name, values.shape[-1])
+      if values.shape != (num_frames, width):
+        raise DataError(f'{where}: {name} has shape {values.shape}, expected '
+                        f'{(num_frames, width)}')
+      require_finite(values, where, name)
+      recording.frame_features[name] = values
+    return recording
+

@@ -1,0 +1,197 @@
+"""TFDS builder of USC CreativeIT from the normalised layout (manual download).
+
+Owns reading the layout documented in datasets/README.md:
+
+  <manual_dir>/<session>/<performance>/<actor>/
+    audio.wav                                   any rate and channel count
+    mocap.csv                                   time,<marker>_x,<marker>_y,<marker>_z,... (mm)
+    annotations/{activation,valence,dominance}/<annotator>.csv    time,value in [-1, 1]
+
+Each actor in each performance is one recording (`session/performance/actor`). Annotation
+traces (any sampling, often irregular) are interpolated to the 25 Hz label frames and averaged
+over annotators; mocap of any rate and marker count becomes `ccc_jax.features.mocap_features`.
+Splits are by actor, so no actor is in two splits: given explicitly in the config, or drawn
+by a seeded shuffle and written to the metadata (`actors`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import os
+
+from absl import logging
+import numpy as np
+
+from ccc_jax import audio_io
+from ccc_jax import features
+from ccc_jax.audio_io import DataError
+from datasets import common
+
+TASKS = ('activation', 'valence', 'dominance')
+# A marker missing for more of a recording than this is reported (it is still gap-filled).
+_REPORT_MISSING_FRACTION = 0.5
+
+
+@dataclasses.dataclass(eq=False)
+class CreativeItConfig(common.WindowedConfig):
+  """Actor split. With dev_actors and test_actors empty, a seeded shuffle picks about 15 % of
+  the actors (at least one) for dev and for test; the rest train."""
+  dev_actors: tuple[str, ...] = ()
+  test_actors: tuple[str, ...] = ()
+  split_seed: int = 0
+
+
+@dataclasses.dataclass
+class _Source:
+  recording_id: str
+  actor: str
+  folder: str
+  num_frames: int
+  labels: np.ndarray  # [num_frames, 3]
+
+
+def read_annotation_csv(path: str) -> tuple[np.ndarray, np.ndarray]:
+  """(times, values) of one annotator's trace; header `time,value`, values in [-1, 1]."""
+  if not os.path.isfile(path):
+    raise DataError(f'{path}: file not found')
+  with open(path, encoding='utf-8') as f:
+    header = f.readline()
+    body = f.read()
+  if [name.strip() for name in header.strip().split(',')] != ['time', 'value']:
+    raise DataError(f'{path}: annotation header must be "time,value"; got "{header.strip()[:80]}"')
+  try:
+    table = np.loadtxt(io.StringIO(body), delimiter=',', dtype=np.float64, ndmin=2)
+  except ValueError as error:
+    raise DataError(f'{path}: annotation rows cannot be parsed ({error})') from error
+  if table.shape[0] == 0 or table.shape[1] != 2:
+    raise DataError(f'{path}: expected rows of "time,value", got shape {table.shape}')
+  if not np.all(np.isfinite(table)):
+    row = int(np.flatnonzero(~np.isfinite(table).all(axis=1))[0])
+    raise DataError(f'{path}: NaN or infinite value in data row {row + 1}')
+  times, values = table[:, 0], table[:, 1]
+  if np.any(np.diff(times) < 0):
+    raise DataError(f'{path}: time goes backwards at data row '
+                    f'{int(np.flatnonzero(np.diff(times) < 0)[0]) + 2}')
+  if times[0] < 0:
+    raise DataError(f'{path}: negative time {times[0]}')
+  if np.any(np.abs(values) > 1.0 + 1e-6):
+    raise DataError(f'{path}: values must lie in [-1, 1]; found {values.min()} .. {values.max()}')
+  return times, values
+
+
+def assign_actor_splits(actors: list[str], seed: int) -> dict[str, list[str]]:
+  """Seeded actor split: ~15 % dev, ~15 % test (at least one each), the rest train."""
+  if len(actors) < 3:
+    raise DataError(f'creativeit: {len(actors)} actor(s) found; an actor-independent '
+                    'train/dev/test split needs at least 3')
+  order = [actors[index] for index in np.random.default_rng(seed).permutation(len(actors))]
+  held_out = max(1, int(round(0.15 * len(actors))))
+  return {'train': sorted(order[2 * held_out:]), 'dev': sorted(order[:held_out]),
+          'test': sorted(order[held_out:2 * held_out])}
+
+
+class Builder(common.WindowedBuilder):
+  """USC CreativeIT: improvised dyadic theatre, close-talk audio and body mocap per actor, A/V/D."""
+
+  TASKS = TASKS
+  MANUAL_DOWNLOAD_INSTRUCTIONS = """\
+  Request USC CreativeIT (https://sail.usc.edu/CreativeIT/) and arrange it into the normalised
+  layout described in datasets/README.md; pass that folder as manual_dir.
+  """
+  BUILDER_CONFIGS = [CreativeItConfig(name='default', description='Seeded actor split.')]
+
+  def _frame_feature_dims(self):
+    return {'mocap': None}  # 6 x markers + 3, markers read from the files
+
+  def _list_recordings(self, dl_manager):
+    root = common.manual_dir(dl_manager)
+    folders = []
+    for session in _subfolders(root):
+      for performance in _subfolders(os.path.join(root, session)):
+        for actor in _subfolders(os.path.join(root, session, performance)):
+          folders.append((session, performance, actor))
+    if not folders:
+      raise DataError(f'{root}: no <session>/<performance>/<actor>/ folders')
+    markers, by_actor = None, {}
+    for session, performance, actor in folders:
+      folder = os.path.join(root, session, performance, actor)
+      source, take_markers = self._validate(folder, f'{session}/{performance}/{actor}', actor)
+      if markers is None:
+        markers, first_folder = take_markers, folder
+      elif take_markers != markers:
+        raise DataError(f'{os.path.join(folder, "mocap.csv")}: markers differ from '
+                        f'{os.path.join(first_folder, "mocap.csv")} '
+                        f'({len(take_markers)} vs {len(markers)} markers, or another order)')
+      by_actor.setdefault(actor, []).append(source)
+    actor_splits = self._actor_splits(sorted(by_actor))
+    self.info.metadata['actors'] = actor_splits
+    self.info.metadata['mocap_markers'] = list(markers)
+    return {split: [source for actor in actors for source in by_actor[actor]]
+            for split, actors in actor_splits.items() if actors}
+
+  def _actor_splits(self, actors: list[str]) -> dict[str, list[str]]:
+    config = self.builder_config
+    if not config.dev_actors and not config.test_actors:
+      return assign_actor_splits(actors, config.split_seed)
+    named = list(config.dev_actors) + list(config.test_actors)
+    unknown = sorted(set(named) - set(actors))
+    if unknown:
+      raise DataError(f'creativeit: config names actors {unknown} not found; actors: {actors}')
+    both = sorted(set(config.dev_actors) & set(config.test_actors))
+    if both:
+      raise DataError(f'creativeit: actors {both} are in both dev_actors and test_actors')
+    return {'train': [actor for actor in actors if actor not in named],
+            'dev': sorted(config.dev_actors), 'test': sorted(config.test_actors)}
+
+  def _validate(self, folder: str, recording_id: str, actor: str):
+    """Reads and checks everything of one recording but its audio samples."""
+    audio_path = os.path.join(folder, 'audio.wav')
+    info = audio_io.audio_info(audio_path)
+    duration = info.duration
+    num_frames = features.num_label_frames(int(np.ceil(duration * features.SAMPLE_RATE)))
+    mocap_path = os.path.join(folder, 'mocap.csv')
+    take = features.read_mocap_csv(mocap_path)
+    mocap_frames = int(round(take.positions.shape[0] / take.rate * features.LABEL_RATE))
+    common.require_similar_length(mocap_path, mocap_frames, audio_path, num_frames)
+    _, missing = features.fill_marker_gaps(take.positions)
+    if np.all(missing == 1.0):
+      raise DataError(f'{mocap_path}: no marker is seen in any frame')
+    mostly_missing = [name for name, fraction in zip(take.markers, missing)
+                      if fraction > _REPORT_MISSING_FRACTION]
+    if mostly_missing:
+      logging.warning('%s: markers missing in more than %d%% of frames (gap-filled): %s',
+                      mocap_path, 100 * _REPORT_MISSING_FRACTION, ', '.join(mostly_missing))
+    frame_times = np.arange(num_frames) / features.LABEL_RATE
+    labels = np.zeros((num_frames, len(TASKS)))
+    for index, task in enumerate(TASKS):
+      task_dir = common.require_dir(os.path.join(folder, 'annotations', task), 'annotation')
+      files = sorted(name for name in os.listdir(task_dir) if name.endswith('.csv'))
+      if not files:
+        raise DataError(f'{task_dir}: no annotator .csv files')
+      for name in files:
+        path = os.path.join(task_dir, name)
+        times, values = read_annotation_csv(path)
+        if times[-1] > duration + common.LENGTH_TOLERANCE_S:
+          raise DataError(f'{path}: annotation runs to {times[-1]:.2f} s but its audio '
+                          f'{audio_path} lasts {duration:.2f} s')
+        # Linear between logged points; the first and last values hold beyond them (trace
+        # tools log on change, so a still hand stops the log early).
+        labels[:, index] += np.interp(frame_times, times, values)
+      labels[:, index] /= len(files)
+    source = _Source(recording_id=recording_id, actor=actor, folder=folder,
+                     num_frames=num_frames, labels=labels.astype(np.float32))
+    return source, take.markers
+
+  def _load_recording(self, source: _Source) -> common.Recording:
+    take = features.read_mocap_csv(os.path.join(source.folder, 'mocap.csv'))
+    mocap = features.mocap_features(take.positions, take.rate, source.num_frames)
+    return common.Recording(
+        recording_id=source.recording_id, num_frames=source.num_frames,
+        audio=audio_io.load_audio(os.path.join(source.folder, 'audio.wav')),
+        labels=source.labels, frame_features={'mocap': mocap})
+
+
+def _subfolders(path: str) -> list[str]:
+  return sorted(name for name in os.listdir(path)
+                if not name.startswith('.') and os.path.isdir(os.path.join(path, name)))

@@ -1,0 +1,1 @@
+"""recola: RECOLA from the AVEC 2016 package (audio; arousal and valence)."""

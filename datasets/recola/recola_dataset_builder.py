@@ -1,0 +1,154 @@
+"""TFDS builder of RECOLA from the AVEC 2016 package (manual download).
+
+Owns reading the AVEC 2016 layout (datasets/README.md, /work/shared/notes/data_layouts.md):
+recordings_audio/{train,dev,test}_N.wav, arousal and valence gold standards from
+ratings_gold_standard/*/*.arff or, with `gold_standard='raters_mean'`, the mean of the raters
+in ratings_individual/*/*.csv, and optionally the eGeMAPS functionals in features_audio/*/*.arff.
+Partitions come from the file names; the test partition has audio only (its labels are not
+public). RECOLA has no dominance: tasks are ('arousal', 'valence').
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+
+import numpy as np
+
+from ccc_jax import audio_io
+from ccc_jax import features
+from ccc_jax.audio_io import DataError
+from datasets import common
+from datasets.recola import readers
+
+TASKS = ('arousal', 'valence')
+_AUDIO_NAME = re.compile(r'^(train|dev|test)_(\d+)\.wav$')
+_SPLITS = ('train', 'dev', 'test')
+_LABELLED_SPLITS = ('train', 'dev')
+# Columns of the eGeMAPS ARFF files that are not features.
+_NOT_FEATURES = ('name', 'Instance_name', 'frameTime', 'class')
+
+
+@dataclasses.dataclass(eq=False)
+class RecolaConfig(common.WindowedConfig):
+  """Where the labels come from and whether to add the eGeMAPS features.
+
+  Attributes:
+    gold_standard: 'arff' reads ratings_gold_standard (the AVEC 2016 gold standard, raters'
+      offsets re-centred); 'raters_mean' averages the raters of ratings_individual.
+    egemaps: also write `egemaps` [T, 2 x 88]: the arousal (4 s window) and valence (6 s
+      window) eGeMAPS functionals of features_audio, side by side.
+  """
+  gold_standard: str = 'arff'
+  egemaps: bool = False
+
+
+@dataclasses.dataclass
+class _Source:
+  """A validated recording: its audio path, frame count and already-parsed per-frame data."""
+  recording_id: str
+  audio_path: str
+  num_frames: int
+  labels: np.ndarray | None
+  egemaps: np.ndarray | None
+
+
+class Builder(common.WindowedBuilder):
+  """RECOLA (AVEC 2016): 27 five-minute French dyadic conversations; arousal, valence at 25 Hz."""
+
+  TASKS = TASKS
+  LABELLED_SPLITS = _LABELLED_SPLITS
+  MANUAL_DOWNLOAD_INSTRUCTIONS = """\
+  Request the AVEC 2016 RECOLA package (https://diuf.unifr.ch/main/diva/recola/) and pass its
+  root folder as manual_dir. Used: recordings_audio/, ratings_gold_standard/ (or
+  ratings_individual/ with gold_standard='raters_mean') and, with egemaps=True, features_audio/.
+  """
+  BUILDER_CONFIGS = [
+      RecolaConfig(name='default', description='AVEC 2016 gold standard from the ARFF files.'),
+      RecolaConfig(name='raters_mean', gold_standard='raters_mean',
+                   description='Gold standard = plain mean of the six raters in '
+                               'ratings_individual.'),
+      RecolaConfig(name='egemaps', egemaps=True,
+                   description='AVEC 2016 gold standard plus the eGeMAPS functionals.'),
+  ]
+
+  def _frame_feature_dims(self):
+    return {'egemaps': None} if self.builder_config.egemaps else {}
+
+  def _list_recordings(self, dl_manager):
+    config = self.builder_config
+    if config.gold_standard not in ('arff', 'raters_mean'):
+      raise DataError(f'recola: gold_standard must be "arff" or "raters_mean", '
+                      f'got "{config.gold_standard}"')
+    root = common.manual_dir(dl_manager)
+    audio_dir = common.require_dir(os.path.join(root, 'recordings_audio'), 'RECOLA audio')
+    label_root = os.path.join(root, 'ratings_gold_standard' if config.gold_standard == 'arff'
+                              else 'ratings_individual')
+    label_dirs = {task: common.require_dir(os.path.join(label_root, task), 'RECOLA label')
+                  for task in TASKS}
+    if config.egemaps:
+      feature_dirs = [common.require_dir(os.path.join(root, 'features_audio', task),
+                                         'RECOLA eGeMAPS') for task in TASKS]
+    names = sorted((name for name in os.listdir(audio_dir) if _AUDIO_NAME.match(name)),
+                   key=lambda name: (_SPLITS.index(_AUDIO_NAME.match(name)[1]),
+                                     int(_AUDIO_NAME.match(name)[2])))
+    if not names:
+      raise DataError(f'{audio_dir}: no recordings named train_N.wav, dev_N.wav or test_N.wav')
+    sources = {}
+    egemaps_width = None
+    for name in names:
+      split = _AUDIO_NAME.match(name)[1]
+      recording_id = name[:-len('.wav')]
+      audio_path = os.path.join(audio_dir, name)
+      info = audio_io.audio_info(audio_path)
+      audio_frames = features.num_label_frames(
+          int(np.ceil(info.num_samples * features.SAMPLE_RATE / info.sample_rate)))
+      num_frames = audio_frames
+      labels = None
+      if split in _LABELLED_SPLITS:
+        per_task = []
+        for task in TASKS:
+          path, values = self._read_labels(label_dirs[task], recording_id)
+          common.require_similar_length(path, len(values), audio_path, audio_frames)
+          per_task.append(values)
+        num_frames = min([audio_frames] + [len(values) for values in per_task])
+        labels = np.stack([values[:num_frames] for values in per_task], axis=1)
+      egemaps = None
+      if config.egemaps:
+        blocks = []
+        for feature_dir in feature_dirs:
+          path = os.path.join(feature_dir, f'{recording_id}.arff')
+          _, table = readers.read_arff(path, drop=_NOT_FEATURES)
+          common.require_similar_length(path, len(table), audio_path, audio_frames)
+          # Features may end a few frames early: hold the last vector, as AVEC 2016 does.
+          table = table[:num_frames]
+          blocks.append(np.pad(table, [(0, num_frames - len(table)), (0, 0)], mode='edge'))
+        egemaps = np.concatenate(blocks, axis=1).astype(np.float32)
+        if egemaps_width is None:
+          egemaps_width = egemaps.shape[1]
+        elif egemaps.shape[1] != egemaps_width:
+          raise DataError(f'{feature_dirs[0]}: {recording_id} has {egemaps.shape[1]} eGeMAPS '
+                          f'features, other recordings {egemaps_width}')
+      sources.setdefault(split, []).append(_Source(recording_id, audio_path, num_frames,
+                                                   labels, egemaps))
+    self.info.metadata['gold_standard'] = config.gold_standard
+    return {split: sources[split] for split in _SPLITS if split in sources}
+
+  def _read_labels(self, label_dir: str, recording_id: str) -> tuple[str, np.ndarray]:
+    """(path, per-frame values) of one task's labels for one recording."""
+    if self.builder_config.gold_standard == 'arff':
+      path = os.path.join(label_dir, f'{recording_id}.arff')
+      return path, readers.read_gold_standard_arff(path)
+    path = os.path.join(label_dir, f'{recording_id}.csv')
+    _, ratings = readers.read_ratings_csv(path)
+    return path, ratings.mean(axis=1)
+
+  def _load_recording(self, source: _Source) -> common.Recording:
+    frame_features = {} if source.egemaps is None else {'egemaps': source.egemaps}
+    return common.Recording(
+        recording_id=source.recording_id, num_frames=source.num_frames,
+        audio=audio_io.load_audio(source.audio_path),
+        labels=None if source.labels is None else source.labels.astype(np.float32),
+        frame_features=frame_features)
+

@@ -1,0 +1,1 @@
+"""synthetic_avd: a generated audio + mocap corpus with A/V/D gold standards (no download)."""

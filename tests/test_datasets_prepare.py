@@ -1,0 +1,73 @@
+"""The `python -m launch.prepare` command: configs, overrides, summary and usage errors."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+import tensorflow_datasets as tfds
+
+from datasets.synthetic_avd import synthetic_avd_dataset_builder
+from launch import prepare
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _run(*flags):
+  return subprocess.run([sys.executable, '-m', 'launch.prepare', *flags], cwd=REPO,
+                        capture_output=True, text=True)
+
+
+def test_command_line_prepares_with_overrides_and_prints_a_summary(tmp_path):
+  data_dir = str(tmp_path / 'data')
+  result = _run('--dataset=synthetic_avd', '--config=tiny', f'--data_dir={data_dir}',
+                '--set=window=60', '--set=hop=30')
+  assert result.returncode == 0, result.stderr
+  name = 'synthetic_avd/tiny_window-60_hop-30'
+  assert f'Prepared {name} in ' in result.stdout
+  assert 'train              4        64    0.022' in result.stdout  # 4 x 16 windows of 60 frames
+  assert 's per hour of audio' in result.stdout
+  assert 'train 4/4' in result.stderr  # per-recording progress
+  metadata = tfds.builder(name, data_dir=data_dir).info.metadata
+  assert (metadata['window'], metadata['hop']) == (60, 30)
+  again = _run('--dataset=synthetic_avd', '--config=tiny', f'--data_dir={data_dir}',
+               '--set=window=60', '--set=hop=30')
+  assert again.returncode == 0 and f'Already prepared (nothing done): {name}' in again.stdout
+  assert tfds.data_source(name, data_dir=data_dir)['test'][0]['labels'].shape == (60, 3)
+
+
+def test_usage_errors_exit_non_zero_without_a_traceback(tmp_path):
+  data_dir = str(tmp_path / 'data')
+  missing_manual_dir = _run('--dataset=recola', f'--data_dir={data_dir}')
+  assert missing_manual_dir.returncode == 2
+  assert '--manual_dir is required for recola' in missing_manual_dir.stderr
+  unknown_config = _run('--dataset=synthetic_avd', '--config=huge', f'--data_dir={data_dir}')
+  assert unknown_config.returncode == 1
+  assert "synthetic_avd has no config 'huge'" in unknown_config.stderr
+  for result in (missing_manual_dir, unknown_config):
+    assert 'Traceback' not in result.stderr
+  assert not os.path.exists(data_dir)
+
+
+def test_prepare_dataset_rejects_unknown_names(tmp_path):
+  with pytest.raises(prepare.ConfigError, match='unknown dataset'):
+    prepare.prepare_dataset('iemocap', str(tmp_path))
+  with pytest.raises(prepare.ConfigError, match="no config 'huge'"):
+    prepare.prepare_dataset('synthetic_avd/huge', str(tmp_path))
+
+
+def test_make_config_types_and_names_overrides():
+  builder = synthetic_avd_dataset_builder.Builder
+  assert prepare.make_config(builder, None).name == 'default'
+  config = prepare.make_config(builder, 'tiny', ['session_seconds=12.5', 'seed=3'])
+  assert (config.name, config.session_seconds, config.seed) == (
+      'tiny_session-seconds-12-5_seed-3', 12.5, 3)
+  assert config.num_speakers == 6  # the rest of the named config is kept
+  with pytest.raises(prepare.ConfigError, match='key one of'):
+    prepare.make_config(builder, 'tiny', ['speakers=3'])
+  with pytest.raises(prepare.ConfigError, match='seed'):
+    prepare.make_config(builder, 'tiny', ['seed=many'])
+  with pytest.raises(prepare.ConfigError, match='window'):
+    prepare.make_config(builder, 'tiny', ['window'])
+  with pytest.raises(prepare.ConfigError, match='would leave frames uncovered'):
+    prepare.make_config(builder, 'tiny', ['hop=120'])

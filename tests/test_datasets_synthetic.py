@@ -1,0 +1,149 @@
+"""The synthetic_avd builder: its tiny config prepared and read back, and its design claims."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import tensorflow_datasets as tfds
+
+from ccc_jax import features
+from datasets.synthetic_avd import linear_probe
+from datasets.synthetic_avd import simulation
+from tests import fixtures
+
+SEED = 0  # the tiny config's seed
+NUM_FRAMES = 500  # 20 s sessions
+
+
+@pytest.fixture(scope='module')
+def tiny(tmp_path_factory):
+  data_dir = str(tmp_path_factory.mktemp('synthetic'))
+  name = fixtures.prepare_tiny_synthetic(data_dir)
+  assert name == 'synthetic_avd/tiny'
+  return name, data_dir
+
+
+def test_metadata_and_speaker_independent_splits(tiny):
+  name, data_dir = tiny
+  metadata = tfds.builder(name, data_dir=data_dir).info.metadata
+  assert metadata['tasks'] == ['activation', 'valence', 'dominance']
+  assert metadata['modalities'] == ['audio', 'logmel', 'mocap']
+  assert metadata['labelled_splits'] == ['train', 'dev', 'test']
+  speakers = metadata['speakers']
+  assert [len(speakers[split]) for split in ('train', 'dev', 'test')] == [4, 1, 1]
+  assert len(set(sum(speakers.values(), []))) == 6  # no speaker in two splits
+  for split, recordings in metadata['recordings'].items():
+    assert {recording.split('_')[0] for recording in recordings} == set(speakers[split])
+    assert set(recordings.values()) == {NUM_FRAMES}
+  assert len(metadata['stats']['mocap']['mean']) == features.mocap_feature_dim(17)
+  sources = tfds.data_source(name, data_dir=data_dir)
+  assert {split: len(source) for split, source in sources.items()} == {
+      'train': 36, 'dev': 9, 'test': 9}
+
+
+def test_a_window_matches_the_simulation(tiny):
+  name, data_dir = tiny
+  metadata = tfds.builder(name, data_dir=data_dir).info.metadata
+  source = tfds.data_source(name, data_dir=data_dir)['dev']
+  recording = next(iter(metadata['recordings']['dev']))
+  speaker = int(recording[3:5])
+  window = next(source[i] for i in range(len(source))
+                if source[i]['recording'].decode() == recording and source[i]['start'] == 150)
+
+  latent = simulation.latents(SEED, speaker, 0, NUM_FRAMES)
+  gold = simulation.ratings(SEED, speaker, 0, latent, simulation.rater_panel(SEED, 6)).mean(0)
+  profile = simulation.speaker_profile(SEED, speaker)
+  audio = simulation.synthesize_audio(SEED, speaker, 0, latent, profile)
+  positions = simulation.synthesize_mocap(SEED, speaker, 0, latent, profile, 60.0)
+  assert np.isnan(positions).any()  # occlusions are simulated...
+  mocap = features.mocap_features(positions, 60.0, NUM_FRAMES)  # ...and filled at prep time
+
+  np.testing.assert_allclose(window['labels'], gold[150:250], atol=1e-6)
+  np.testing.assert_array_equal(window['audio'], audio[150 * 640:250 * 640])
+  np.testing.assert_allclose(window['mocap'], mocap[150:250], atol=1e-4)
+  np.testing.assert_allclose(window['logmel'], features.log_mel(audio)[600:1000], atol=1e-4)
+  np.testing.assert_array_equal(window['mask'], 1.0)
+
+
+def test_metadata_round_trips_in_a_process_without_our_builders(tiny):
+  name, data_dir = tiny
+  code = ('import json, sys, tensorflow_datasets as tfds\n'
+          f'metadata = tfds.builder({name!r}, data_dir={data_dir!r}).info.metadata\n'
+          'assert not any(m.startswith("datasets") for m in sys.modules)\n'
+          'print(json.dumps(dict(metadata)))\n')
+  result = subprocess.run([sys.executable, '-c', code], cwd=data_dir, capture_output=True,
+                          text=True, check=True)
+  read_back = json.loads(result.stdout.strip().splitlines()[-1])
+  expected = dict(tfds.builder(name, data_dir=data_dir).info.metadata)
+  assert read_back == json.loads(json.dumps(expected))
+
+
+def test_oracle_shows_rater_delay_matters(tiny):
+  name, data_dir = tiny
+  oracle = tfds.builder(name, data_dir=data_dir).info.metadata['oracle_ccc']
+  for task in simulation.TASKS:
+    assert 1.0 <= oracle['train']['best_shift_s'][task] <= 3.0
+    assert oracle['train']['latent_shifted'][task] > oracle['train']['latent'][task]
+    assert 0.8 < oracle['train']['noiseless_raters'][task] < 1.0
+
+
+def test_generation_is_deterministic_by_seed():
+  first = simulation.latents(3, 1, 0, 200)
+  np.testing.assert_array_equal(first, simulation.latents(3, 1, 0, 200))
+  assert not np.allclose(first, simulation.latents(4, 1, 0, 200))
+  profile = simulation.speaker_profile(3, 1)
+  np.testing.assert_array_equal(simulation.synthesize_audio(3, 1, 0, first, profile),
+                                simulation.synthesize_audio(3, 1, 0, first, profile))
+
+
+def _constant_latent(activation=0.0, valence=0.0, dominance=0.0, num_frames=750):
+  return np.tile([activation, valence, dominance], (num_frames, 1))
+
+
+def _spectrum_shift(low, high, speaker=2):
+  """Change in the long-term log-mel spectrum (RMS over bands) between two latent settings."""
+  profile = simulation.speaker_profile(SEED, speaker)
+  means = [features.log_mel(simulation.synthesize_audio(SEED, speaker, 0, latent, profile))
+           .mean(axis=0) for latent in (low, high)]
+  return float(np.sqrt(np.mean((means[1] - means[0]) ** 2)))
+
+
+def test_activation_is_clearly_audible_valence_much_less():
+  activation = _spectrum_shift(_constant_latent(activation=-0.6), _constant_latent(activation=0.6))
+  valence = _spectrum_shift(_constant_latent(valence=-0.6), _constant_latent(valence=0.6))
+  dominance = _spectrum_shift(_constant_latent(dominance=-0.6), _constant_latent(dominance=0.6))
+  assert activation > 3 * valence
+  assert dominance > valence
+
+
+def _body(latent, speaker=2):
+  profile = simulation.speaker_profile(SEED, speaker)
+  positions = simulation.synthesize_mocap(SEED, speaker, 0, latent, profile, 60.0)
+  return features.mocap_features(positions, 60.0, latent.shape[0])
+
+
+def test_mocap_shows_activation_as_energy_and_valence_and_dominance_as_posture():
+  markers = simulation.MARKERS
+  num = len(markers)
+  velocity = slice(3 * num, 6 * num)
+  calm, aroused = _body(_constant_latent(activation=-0.6)), _body(_constant_latent(activation=0.6))
+  assert np.abs(aroused[:, velocity]).mean() > 2 * np.abs(calm[:, velocity]).mean()
+  head_height = 3 * markers.index('HEAD_FRONT') + 2  # vertical, relative to the body centre
+  sad, happy = _body(_constant_latent(valence=-0.6)), _body(_constant_latent(valence=0.6))
+  assert happy[:, head_height].mean() > sad[:, head_height].mean() + 5  # mm: head raised
+  wrists = [3 * markers.index(side) + axis for side in ('L_WRIST', 'R_WRIST') for axis in (0, 1)]
+  meek, bold = _body(_constant_latent(dominance=-0.6)), _body(_constant_latent(dominance=0.6))
+  spread = lambda body: np.hypot(body[:, wrists[0]] - body[:, wrists[2]],
+                                 body[:, wrists[1]] - body[:, wrists[3]]).mean()
+  assert spread(bold) > spread(meek) + 50  # mm: arms held out
+
+
+def test_linear_probe_scores_every_task_and_modality(tiny):
+  name, data_dir = tiny
+  scores = linear_probe.probe(name, data_dir, 'test')
+  assert list(scores) == ['audio', 'mocap', 'audio+mocap']
+  for per_task in scores.values():
+    assert list(per_task) == list(simulation.TASKS)
+    assert all(-1.0 <= score <= 1.0 for score in per_task.values())

@@ -1,0 +1,212 @@
+"""Tests of ccc_jax.inference's prediction path: restoring a checkpoint for inference, the
+streamed, chunked feature computation, `Predictor` against `evaluation.predict_split`, audio
+of any rate and channel count, trace CSV files, and bad inputs.
+
+One tiny trained model (the session's `tiny_workdir`) serves every test; nothing here writes
+into its workdir.
+"""
+
+import jax
+import numpy as np
+import pytest
+import soundfile
+
+from ccc_jax import audio_io
+from ccc_jax import evaluation
+from ccc_jax import features
+from ccc_jax import inference
+from ccc_jax import input_pipeline
+from ccc_jax import postprocess
+from ccc_jax.audio_io import DataError
+from datasets.synthetic_avd import simulation
+
+MOCAP_RATE = 60.0
+
+
+@pytest.fixture(scope='module')
+def predictor(tiny_workdir):
+  return inference.Predictor.load(tiny_workdir, postprocess=False)
+
+
+def _session(recording_id: str, num_frames: int, seed: int = 0):
+  """The raw 16 kHz audio and 60 Hz marker positions the tiny builder made a recording from."""
+  speaker, session = int(recording_id[3:5]), int(recording_id.split('_s')[1])
+  key = (seed, speaker, session)
+  profile = simulation.speaker_profile(seed, speaker)
+  latent = simulation.latents(*key, num_frames)
+  audio = simulation.synthesize_audio(*key, latent, profile)
+  positions = simulation.synthesize_mocap(*key, latent, profile, MOCAP_RATE)
+  # The builder fits the audio to the label frames (trimmed or zero-padded).
+  audio = np.pad(audio[:num_frames * 640], (0, max(num_frames * 640 - audio.shape[0], 0)))
+  return audio.astype(np.float32), positions
+
+
+def _write_mocap_csv(path, positions, rate=MOCAP_RATE):
+  header = ['time'] + [f'{m}_{axis}' for m in simulation.MARKERS for axis in 'xyz']
+  times = np.arange(positions.shape[0]) / rate
+  table = np.column_stack([times, positions.reshape(positions.shape[0], -1)])
+  np.savetxt(path, table, delimiter=',', header=','.join(header), comments='', fmt='%.6f')
+
+
+def test_restores_stacked_seeds_and_the_run_info(predictor, tiny_workdir):
+  model = predictor.model
+  assert model.step in (10, 20) and model.num_seeds == 1  # best of the evaluations at 10, 20
+  assert predictor.tasks == ('activation', 'valence', 'dominance')
+  assert predictor.needs_mocap and predictor.label_rate == 25
+  leaves = jax.tree.leaves(model.params)
+  assert all(leaf.shape[0] == 1 for leaf in leaves)
+  assert len({d for leaf in leaves for d in leaf.devices()}) == 1  # trained on 8, restored on 1
+  assert inference.restore_model(tiny_workdir, 'latest').step == 20
+  assert inference.restore_model(tiny_workdir, 20).step == 20
+  assert inference.restore_model(tiny_workdir).step == model.step
+
+
+def test_chunked_log_mel_equals_whole_recording_log_mel():
+  rng = np.random.default_rng(0)
+  waveform = rng.normal(size=37 * 640 + 123).astype(np.float32)
+  whole = features.log_mel(waveform)
+  num_frames = features.num_label_frames(waveform.shape[0])
+  for begin, end in [(0, 5), (1, 7), (3, 38), (20, 38), (0, 38), (37, 38)]:
+    np.testing.assert_allclose(inference.log_mel_frames(waveform, begin, end),
+                               whole[4 * begin: 4 * end], rtol=1e-6, atol=1e-5)
+  assert num_frames == 38
+
+
+def test_prediction_of_raw_recording_equals_the_prepared_split(predictor, tiny_data_dir):
+  """Predictor on the raw signals == predict_split on the prepared windows of the same recording.
+
+  A batch of 4 windows makes the features of each batch come from a separate log-mel chunk.
+  """
+  model = predictor.model
+  corpus = input_pipeline.open_corpus(model.config['dataset'], str(tiny_data_dir))
+  expected = evaluation.predict_split(model.graphdef, model.params, corpus, 'dev',
+                                      model.modalities, model.tasks,
+                                      batch_size=model.config['eval_batch'])
+  (recording, entry), = expected.items()
+  audio, positions = _session(recording, corpus.recordings('dev')[recording])
+  small_batches = inference.Predictor(model, batch_size=4)
+  got = small_batches.predict_seeds(audio, 16000, positions, MOCAP_RATE)
+  assert got.shape == entry['prediction'].shape == (1, 500, 3)
+  np.testing.assert_allclose(got, entry['prediction'], rtol=1e-5, atol=1e-5)
+  np.testing.assert_array_equal(predictor.predict(audio, 16000, positions, MOCAP_RATE),
+                                inference.ensemble(predictor.predict_seeds(
+                                    audio, 16000, positions, MOCAP_RATE)))
+
+
+def test_log_mel_is_computed_in_bounded_chunks(predictor, monkeypatch):
+  """A long recording never has its log-mel computed over more than one batch's span."""
+  seen = []
+  original = features.log_mel
+  monkeypatch.setattr(features, 'log_mel',
+                      lambda audio, num_frames=None: seen.append(len(audio)) or original(
+                          audio, num_frames))
+  info = predictor.model.info
+  num_frames = 3000  # 2 minutes
+  rng = np.random.default_rng(1)
+  audio = rng.normal(scale=0.1, size=num_frames * 640).astype(np.float32)
+  positions = rng.normal(size=(int(120 * MOCAP_RATE), len(simulation.MARKERS), 3))
+  prediction = predictor.predict(audio, 16000, positions, MOCAP_RATE)
+  assert prediction.shape == (num_frames, 3) and np.all(np.isfinite(prediction))
+  span = (predictor.batch_size - 1) * info.hop + info.window
+  assert len(seen) > 1 and max(seen) <= (span + 2) * 640
+
+
+def test_stereo_44k_file_and_array_give_the_same_prediction(predictor, tmp_path):
+  seconds, rate = 3.0, 44100
+  rng = np.random.default_rng(2)
+  t = np.arange(int(seconds * rate)) / rate
+  left = 0.3 * np.sin(2 * np.pi * 220 * t) * (1 + np.sin(2 * np.pi * 0.5 * t))
+  stereo = np.stack([left, 0.1 * rng.normal(size=t.shape)], axis=1)
+  pcm = np.round(stereo * 32767).astype(np.int16)
+  wav = tmp_path / 'stereo.wav'
+  soundfile.write(wav, pcm, rate, subtype='PCM_16')
+  _, positions = _session('spk05_s0', 75)
+  mocap = tmp_path / 'mocap.csv'
+  _write_mocap_csv(mocap, positions)
+
+  from_file = predictor.predict_file(str(wav), str(mocap))
+  assert from_file.shape == (75, 3)  # 3 s at 40 ms per frame
+  take = features.read_mocap_csv(mocap)
+  from_array = predictor.predict(pcm, rate, take.positions, take.rate)
+  np.testing.assert_allclose(from_array, from_file, rtol=1e-6, atol=1e-6)
+  np.testing.assert_array_equal(inference.waveform_16k(pcm, rate),
+                                audio_io.load_audio(wav))
+
+
+def test_postprocessing_is_applied_to_the_ensemble(predictor):
+  audio, positions = _session('spk05_s0', 100)
+  raw = predictor.predict(audio, 16000, positions, MOCAP_RATE)
+  steps = postprocess.TaskPostProcessing(delay_frames=10, bias=0.5)
+  processed = inference.Predictor(
+      predictor.model, postprocess.PostProcessing({t: steps for t in predictor.tasks}),
+      batch_size=predictor.batch_size).predict(audio, 16000, positions, MOCAP_RATE)
+  np.testing.assert_allclose(processed[10:], raw[:-10] + 0.5, rtol=1e-6, atol=1e-6)
+
+
+def test_traces_csv_round_trip(tmp_path):
+  traces = np.array([[0.1, -0.2], [0.3, 0.4], [0.5, 0.6]], np.float32)
+  path = tmp_path / 'out.csv'
+  inference.write_traces_csv(str(path), traces, ('arousal', 'valence'))
+  assert path.read_text().splitlines()[:2] == ['time,arousal,valence', '0.00,0.100000,-0.200000']
+  times, columns = inference.read_traces_csv(str(path))
+  np.testing.assert_allclose(times, [0, 0.04, 0.08])
+  np.testing.assert_allclose(columns['valence'], traces[:, 1], atol=1e-6)
+  gappy = tmp_path / 'gappy.csv'
+  gappy.write_text('time,arousal\n0.0,1\n0.04,\n0.08,3\n')
+  times, columns = inference.read_traces_csv(str(gappy))
+  np.testing.assert_array_equal(np.isnan(columns['arousal']), [False, True, False])
+  np.testing.assert_allclose(inference.labels_on_frames(times, columns['arousal'], 4),
+                             [1, 2, 3, np.nan])
+
+
+@pytest.mark.parametrize('text, message', [
+    ('value\n1\n', 'header must be'),
+    ('time,arousal\n', 'no rows'),
+    ('time,arousal\n0,abc\n', 'cannot be parsed'),
+    ('time,arousal\n0.04,1\n0.0,2\n', 'increase'),
+])
+def test_bad_traces_csv_names_the_file(tmp_path, text, message):
+  path = tmp_path / 'labels.csv'
+  path.write_text(text)
+  with pytest.raises(DataError, match=message) as error:
+    inference.read_traces_csv(str(path))
+  assert str(path) in str(error.value)
+
+
+def test_bad_audio_and_mocap_inputs(predictor, tmp_path):
+  _, positions = _session('spk05_s0', 25)
+  mocap = tmp_path / 'mocap.csv'
+  _write_mocap_csv(mocap, positions)
+  empty = tmp_path / 'empty.wav'
+  soundfile.write(empty, np.zeros((0,), np.float32), 16000)
+  corrupt = tmp_path / 'corrupt.wav'
+  corrupt.write_bytes(b'RIFF\x00\x01garbage' * 10)
+  for path, message in [(tmp_path / 'missing.wav', 'not found'), (empty, 'no samples'),
+                        (corrupt, 'not a readable audio file')]:
+    with pytest.raises(DataError, match=message) as error:
+      predictor.predict_file(str(path), str(mocap))
+    assert str(path) in str(error.value)
+  audio = np.zeros(16000, np.float32)
+  with pytest.raises(ValueError, match='this model uses mocap'):
+    predictor.predict(audio, 16000)
+  with pytest.raises(ValueError, match='--mocap'):
+    predictor.predict_file(str(corrupt))
+  with pytest.raises(DataError, match='2 markers'):
+    predictor.predict(audio, 16000, positions[:, :2], MOCAP_RATE)
+  with pytest.raises(DataError, match='the mocap lasts 1.00 s but the audio 3.00 s'):
+    predictor.predict(np.zeros(48000, np.float32), 16000, positions, MOCAP_RATE)
+  with pytest.raises(DataError, match='no samples'):
+    predictor.predict(np.zeros(0, np.float32), 16000, positions, MOCAP_RATE)
+  with pytest.raises(DataError, match=r'\[channels, samples\]'):
+    predictor.predict(np.zeros((2, 16000), np.float32), 16000, positions, MOCAP_RATE)
+  with pytest.raises(DataError, match='NaN'):
+    predictor.predict(np.full(100, np.nan, np.float32), 16000, positions, MOCAP_RATE)
+
+
+def test_unknown_checkpoints(tiny_workdir, tmp_path):
+  with pytest.raises(FileNotFoundError, match='has no step 7'):
+    inference.Predictor.load(tiny_workdir, '7')
+  with pytest.raises(ValueError, match="'best', 'latest' or a step number"):
+    inference.Predictor.load(tiny_workdir, 'newest')
+  with pytest.raises(FileNotFoundError, match='train first'):
+    inference.Predictor.load(tmp_path / 'no_run')
