@@ -364,13 +364,7 @@ def waveform_16k(audio, sample_rate: int) -> np.ndarray:
     raise DataError(f'sample rate must be a positive whole number, got {sample_rate}')
   if not np.all(np.isfinite(audio)):
     raise DataError('audio contains NaN or infinite samples')
-  if audio.ndim == 2:
-    audio = audio.mean(axis=1) if audio.shape[1] > 1 else audio[:, 0]
-  if sample_rate != audio_io.SAMPLE_RATE:
-    import librosa  # pylint: disable=g-import-not-at-top
-    audio = librosa.resample(audio, orig_sr=int(sample_rate), target_sr=audio_io.SAMPLE_RATE,
-                             res_type=audio_io._RESAMPLE_TYPE)  # pylint: disable=protected-access
-  return np.ascontiguousarray(audio, dtype=np.float32)
+  return audio_io.to_16k_mono(audio, int(sample_rate))
 
 
 # Label frames of waveform on each side of a stretch of log-mel frames that decide their values:

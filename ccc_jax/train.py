@@ -94,13 +94,16 @@ def abstract_model(model_config, info: ModelInfo) -> tuple[Any, Any]:
 def init_params(model_config, info: ModelInfo, seeds) -> tuple[Any, Any]:
   """Graph definition and parameters stacked over `seeds` (leading axis).
 
-  One compiled program initialises every seed (eager initialisation compiles op by op and takes
-  seconds), cached per model config; `jax.random` gives each seed the values it gets alone.
+  Each seed is initialised by one compiled program (eager initialisation compiles op by op and
+  takes seconds), cached per model config, so a seed gets the same values in any stack. Not
+  `vmap` over seeds: with the default model and two or more seeds, the vmapped initialisation
+  never finished on XLA:CPU (jax 0.10.2; every thread waiting, no CPU used).
   """
   graphdef, _ = abstract_model(model_config, info)
   init = _compiled_init(model_config.to_json(), json.dumps(info.input_dims, sort_keys=True),
                         len(info.tasks))
-  return graphdef, init(jnp.asarray(seeds, jnp.uint32))
+  per_seed = [init(jnp.asarray(seed, jnp.uint32)) for seed in seeds]
+  return graphdef, jax.tree.map(lambda *xs: jnp.stack(xs), *per_seed)
 
 
 @functools.lru_cache(maxsize=16)
@@ -109,7 +112,6 @@ def _compiled_init(model_config_json: str, input_dims_json: str, num_tasks: int)
   input_dims = json.loads(input_dims_json)
 
   @jax.jit
-  @jax.vmap
   def init(seed):
     model = models.AVDNet(model_config, num_tasks=num_tasks, input_dims=input_dims,
                           rngs=nnx.Rngs(jax.random.key(seed)))
@@ -162,7 +164,7 @@ def make_per_device_step(graphdef, optimizer: optax.GradientTransformation, loss
 def create_state(config, info: ModelInfo) -> tuple[Any, TrainState, optax.GradientTransformation]:
   graphdef, params = init_params(config.model, info, config.seeds)
   optimizer = make_optimizer(config)
-  opt_state = jax.vmap(optimizer.init)(params)
+  opt_state = jax.jit(jax.vmap(optimizer.init))(params)
   step = jnp.zeros((len(config.seeds),), jnp.int32)
   return graphdef, TrainState(step=step, params=params, opt_state=opt_state), optimizer
 

@@ -24,6 +24,14 @@ import tensorflow_datasets as tfds
 from ccc_jax import features
 from ccc_jax import windows
 from ccc_jax.audio_io import DataError
+from tensorflow_datasets.core import shuffle as tfds_shuffle
+
+# TFDS shuffles a split in memory up to MAX_MEM_BUFFER_SIZE (1 GB) and spills the rest to disk
+# through tf.io.gfile, which needs TensorFlow (not installed: a split over ~1.6 h of audio failed
+# with "No module named 'tensorflow'"). Keep whole splits in memory, up to half the host's RAM.
+tfds_shuffle.MAX_MEM_BUFFER_SIZE = max(
+    tfds_shuffle.MAX_MEM_BUFFER_SIZE,
+    os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') // 2)
 
 # A prepared label file may run a little longer or shorter than its audio (RECOLA's gold
 # standard has a row at t = 300.00 s for 300 s of audio); beyond this it is a different length.

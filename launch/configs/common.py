@@ -21,13 +21,13 @@ def base_config() -> ml_collections.ConfigDict:
   config.seeds = (0,)  # several seeds train together, vectorised
   config.parallel = 'shard_map'  # or 'pmap'
   config.global_batch = 32
-  config.num_steps = 1500
+  config.num_steps = 800  # synthetic default: dev CCC plateaus from ~750 steps (BUILD_NOTES.md)
   config.optimizer = ml_collections.ConfigDict(dict(
       learning_rate=2e-3, warmup_steps=100, end_learning_rate_fraction=0.05, weight_decay=1e-4,
       clip_norm=1.0))
   config.log_every = 50
-  config.eval_every = 250
-  config.checkpoint_every = 250
+  config.eval_every = 200
+  config.checkpoint_every = 200
   config.eval_batch = 64
   config.data_workers = 0
   config.prefetch = 4

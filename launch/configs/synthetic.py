@@ -16,12 +16,16 @@ def get_config(arg=None):
   names = (arg or '').split(',')
   variants = [v for v in names if v and v not in ('tiny', 'grid')]
   if 'grid' in names:
+    # 36 runs of 3 vectorised seeds in under 30 minutes on 2 CPU cores: shorter training, a
+    # smaller batch and a narrower front end of the raw-audio branch (its first two
+    # convolutions are 42% of the default step, BUILD_NOTES.md "Benchmarks").
     config.global_batch = 16
-    config.num_steps = 250
-    config.optimizer.warmup_steps = 25
-    config.log_every = 125
-    config.eval_every = 250
-    config.checkpoint_every = 250
+    config.num_steps = 200
+    config.optimizer.warmup_steps = 20
+    config.model.audio_channels = (8, 16, 32, 64)
+    config.log_every = 100
+    config.eval_every = 200
+    config.checkpoint_every = 200
   if 'tiny' in names:
     config.dataset = 'synthetic_avd/tiny'
     config.global_batch = 8
@@ -35,6 +39,9 @@ def get_config(arg=None):
     config.model.mocap_width = 16
     config.model.trunk_width = 16
     config.model.tcn_dilations = (1, 2)
+    # The scan of the GRU compiles several times slower than convolutions on CPU; the tiny
+    # config serves tests and smoke runs, where compiling is most of the time.
+    config.model.temporal = 'tcn'
     config.model.gru_hidden = 16
     config.model.head_hidden = 8
   return common.apply_variants(config, ','.join(variants))

@@ -1,0 +1,299 @@
+r"""The benchmark table: preparation, input pipeline, train step, scaling, FLOPs, inference.
+
+    python -m benchmarks.run --quick                       # a few minutes on a 2-core CPU
+    python -m benchmarks.run --data_dir=data --output=results.json
+
+Owns which measurements make the table, their sizes (`--quick` or full), the figures derived
+from them (pipeline-to-step ratio, achieved FLOP/s against the measured matmul rate, speed-up
+and loss agreement across device counts) and the printed table and JSON. Every measurement
+runs in its own process (`benchmarks/common.py`; what each measures: `benchmarks/stages.py`),
+so each has its own peak memory and its own device count. This process never starts JAX: on an
+accelerator it would hold device memory that the measurements need.
+
+Device counts: on the CPU backend the train step runs on 1, 2, 4 and 8 fake CPU devices
+(`--xla_force_host_platform_device_count`), which share the same cores: a correctness check
+(the losses of the same first steps must agree) and a measure of the data-parallel overhead,
+not a speed-up. On GPU or TPU it runs on 1, 2, 4, ... of the devices present and on all of them,
+a real scaling figure (this path has not been run on an accelerator yet). The global batch of
+the config stays fixed; the per-device batch shrinks.
+
+Data: the default synthetic corpus (`synthetic_avd/default`) under `--data_dir`; if it is not
+prepared there, the preparation measured first writes it into a temporary folder, removed
+at the end.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+from typing import Any
+
+from absl import app
+from absl import flags
+
+from benchmarks import common
+
+_QUICK = flags.DEFINE_bool('quick', False, 'Smaller repeats: a few minutes on a 2-core CPU.')
+_DATA_DIR = flags.DEFINE_string(
+    'data_dir', 'data', 'Where synthetic_avd/default is prepared (prepared into a temporary '
+    'folder if it is not there).')
+_OUTPUT = flags.DEFINE_string('output', None, 'Also write every measurement to this JSON file.')
+
+DATASET = 'synthetic_avd/default'  # launch/configs/synthetic.py's default
+PIPELINE_WORKERS = (0, 1, 2)
+CPU_DEVICE_COUNTS = (1, 2, 4, 8)
+
+# Sizes of each measurement. Full: enough repeats that the medians settle on a shared machine.
+# (A larger synthetic corpus is not an option without TensorFlow: TFDS spills a split of more
+# than 1 GB to disk through tf.io.gfile while shuffling.)
+SIZES = {
+    'quick': dict(prepare_repeats=1, matmul_repeats=5, batches=4, check_steps=3, steps=5,
+                  loop_steps=6, pipeline_batches=30, parts_repeats=5, inference_seconds=600,
+                  inference_repeats=2),
+    'full': dict(prepare_repeats=3, matmul_repeats=20, batches=8, check_steps=5, steps=30,
+                 loop_steps=30, pipeline_batches=200, parts_repeats=15, inference_seconds=3600,
+                 inference_repeats=3),
+}
+MATMUL_SIZE = {'cpu': 4096, 'gpu': 8192, 'tpu': 8192}
+
+
+def device_counts(backend: str, device_count: int, global_batch: int) -> list[int]:
+  """Device counts to run the step on: fake CPU devices, or 1, 2, 4, ... and all accelerators;
+  only those that divide the global batch."""
+  if backend == 'cpu':
+    counts = list(CPU_DEVICE_COUNTS)
+  else:
+    counts = sorted({2 ** k for k in range(device_count.bit_length()) if 2 ** k <= device_count}
+                    | {device_count})
+  return [n for n in counts if global_batch % n == 0]
+
+
+def is_prepared(data_dir: str, name: str) -> bool:
+  return bool(glob.glob(os.path.join(data_dir, name, '*', 'dataset_info.json')))
+
+
+def measure(quick: bool, data_dir: str, log=print) -> dict[str, Any]:
+  """Runs every measurement; returns their results and the figures derived from them."""
+  sizes = SIZES['quick' if quick else 'full']
+  started, load_before = time.perf_counter(), os.getloadavg()
+  results: dict[str, Any] = {'mode': 'quick' if quick else 'full', 'sizes': sizes}
+
+  def stage(key, name, args, **kwargs):
+    log(f'[{time.perf_counter() - started:6.0f} s] {key} ...')
+    results[key] = common.run_stage(name, args, **kwargs)
+    return results[key]
+
+  info = stage('info', 'info', {})
+  backend = info['backend']
+  on_cpu = backend == 'cpu'
+  work = tempfile.mkdtemp(prefix='ccc_jax_bench_')
+  try:
+    for index in range(sizes['prepare_repeats']):
+      args = {'name': DATASET}
+      if index == 0 and not is_prepared(data_dir, DATASET):
+        data_dir = args['data_dir'] = os.path.join(work, 'data')  # the rest reads this one
+      stage(f'prepare_{index}', 'prepare', args)
+    results['data_dir'] = data_dir
+    stage('matmul', 'matmul', {'n': MATMUL_SIZE.get(backend, 4096),
+                               'repeats': sizes['matmul_repeats']})
+    counts = device_counts(backend, info['device_count'], info['global_batch'])
+    main_count = 1 if on_cpu else max(counts)  # all devices, as the trainer uses
+    for n in counts:
+      stage(f'train_{n}', 'train',
+            {'devices': n, 'data_dir': data_dir, 'batches': sizes['batches'],
+             'check_steps': sizes['check_steps'], 'steps': sizes['steps'],
+             'loop_steps': sizes['loop_steps'] if n == main_count else 0},
+            cpu_devices=n if on_cpu else None)
+    for workers in PIPELINE_WORKERS:
+      stage(f'pipeline_{workers}', 'pipeline', {'workers': workers, 'data_dir': data_dir,
+                                                'batches': sizes['pipeline_batches']})
+    stage('parts', 'parts', {'devices': main_count, 'data_dir': data_dir,
+                             'repeats': sizes['parts_repeats']})
+    stage('inference', 'inference', {'seconds_of_audio': sizes['inference_seconds'],
+                                     'repeats': sizes['inference_repeats']})
+  finally:
+    shutil.rmtree(work, ignore_errors=True)
+  results['derived'] = derive(results, counts, main_count)
+  results['seconds'] = time.perf_counter() - started
+  results['load_average'] = {'before': load_before[0], 'after': os.getloadavg()[0]}
+  return results
+
+
+def derive(results: dict[str, Any], counts: list[int], main_count: int) -> dict[str, Any]:
+  """Figures computed from several measurements."""
+  main = results[f'train_{main_count}']
+  peak = results['matmul']['gflops_median']
+  # Fake CPU devices share one machine's cores; accelerators each bring their own peak.
+  peak_total = peak * (1 if results['info']['backend'] == 'cpu' else main_count)
+  achieved = main['train_flops_per_window'] * main['windows_per_s'] / 1e9
+  reference = results[f'train_{counts[0]}']
+  scaling = {}
+  for n in counts:
+    run = results[f'train_{n}']
+    steps = min(len(run['losses']), len(reference['losses']))
+    scaling[n] = {
+        'speedup': run['windows_per_s'] / reference['windows_per_s'],
+        'max_loss_difference': max(abs(a - b) for a, b in zip(run['losses'][:steps],
+                                                               reference['losses'][:steps])),
+    }
+  parts = results['parts']['parts']
+  step, model = parts['train step'], parts['model forward+backward']
+  branches = [p for name, p in parts.items() if name.endswith('branch forward+backward')]
+
+  def minus(whole, *others):
+    return {k: whole[k] - sum(other[k] for other in others)
+            for k in ('seconds', 'cpu_seconds', 'flops')}
+  return {
+      'main_devices': main_count,
+      'parts': {'[trunk: fusion, temporal model, heads] = model - branches':
+                    minus(model, *branches),
+                '[loss, optimizer, collectives] = step - model': minus(step, model)},
+      'achieved_gflops': achieved, 'peak_gflops': peak_total,
+      'fraction_of_peak': achieved / peak_total,
+      'pipeline_to_step': {w: results[f'pipeline_{w}']['windows_per_s'] / main['windows_per_s']
+                           for w in PIPELINE_WORKERS},
+      'scaling': scaling,
+  }
+
+
+def _mib(value) -> str:
+  return 'n/a' if value is None else f'{value:.0f}'
+
+
+def _device_mib(result) -> str:
+  value = result.get('device_peak_mib')
+  if isinstance(value, list):
+    value = None if None in value else max(value)
+  return _mib(value)
+
+
+def format_table(results: dict[str, Any]) -> str:
+  """The printed table: one row per figure; memory columns for each measurement's process."""
+  info, derived = results['info'], results['derived']
+  main_count = derived['main_devices']
+  main = results[f'train_{main_count}']
+  header = (f"ccc-jax benchmarks ({results['mode']}): {info['backend']} backend, "
+            f"{info['device_count']} x {info['device_kind']}, {info['host_cpus']} host CPUs, "
+            f"jax {info['jax']}; took {results['seconds']:.0f} s; load average "
+            f"{results['load_average']['before']:.1f} before, "
+            f"{results['load_average']['after']:.1f} after\n"
+            f"default synthetic config: global batch {main['global_batch']}, {main['seeds']} "
+            f"seed(s), {main['parallel']}, window T={main['window']} label frames, "
+            f"{main['num_params']:,} parameters; medians of repeated runs")
+  rows = []
+
+  def row(name, value, result=None):
+    memory = ('', '') if result is None else (
+        f"{result['host_peak_mib']:.0f} / {result['host_tree_peak_mib']:.0f}",
+        _device_mib(result))
+    rows.append((name, value) + memory)
+
+  preps = [results[k] for k in sorted(k for k in results if k.startswith('prepare_'))]
+  per_hour = [p['seconds_per_hour'] for p in preps]
+  row(f"prepare {preps[0]['name']} ({preps[0]['hours']:.2f} h), {len(preps)} run(s)",
+      f"{common.median(per_hour):.1f} s per hour of audio (runs: "
+      f"{', '.join(f'{v:.1f}' for v in per_hour)})", max(preps, key=lambda p: p['host_peak_mib']))
+  inf = results['inference']
+  row(f"inference, Predictor ({inf['seconds_of_audio'] / 3600:.2f} h, batch "
+      f"{inf['batch_size']})",
+      f"{inf['seconds_per_hour']:.1f} s per hour of audio "
+      f"(CPU {inf['cpu_seconds_per_hour']:.1f} s; first call {inf['first_call_s']:.1f} s)", inf)
+  mm = results['matmul']
+  row(f"matmul f32 {mm['n']}x{mm['n']} (peak reference)", f"{mm['gflops_median']:.0f} GFLOP/s "
+      f"(best {mm['gflops_max']:.0f})", mm)
+  row(f'train step, {main_count} device(s): compile',
+      f"{main['compile_s']:.1f} s (+ lowering {main['lower_s']:.1f} s; "
+      f"init {main['init_s']:.1f} s)",
+      main)
+  row(f'train step, {main_count} device(s)',
+      f"{main['step_s'] * 1e3:.0f} ms/step = {main['windows_per_s']:.1f} windows/s = "
+      f"{main['label_frames_per_s']:,.0f} label frames/s (CPU {main['step_cpu_s']:.2f} s/step)")
+  row('FLOPs per window (XLA cost analysis)',
+      f"train step {main['train_flops_per_window'] / 1e6:.1f} M, forward "
+      f"{main['forward_flops_per_window'] / 1e6:.1f} M")
+  row('achieved by the train step', f"{derived['achieved_gflops']:.1f} GFLOP/s = "
+      f"{100 * derived['fraction_of_peak']:.0f}% of the matmul rate "
+      f"({derived['peak_gflops']:.0f} GFLOP/s)")
+  for workers in PIPELINE_WORKERS:
+    pipe = results[f'pipeline_{workers}']
+    row(f'input pipeline alone, {workers} workers',
+        f"{pipe['windows_per_s']:.0f} windows/s = {derived['pipeline_to_step'][workers]:.1f}x "
+        f"the step (first batch {pipe['first_batch_s']:.1f} s)", pipe)
+  lines = [header, '', _columns(('measurement', 'value', 'host MiB (process / tree)',
+                                  'device MiB'), rows)]
+
+  loop = main.get('loop')
+  if loop:
+    total = loop['load_s'] + loop['host_to_device_s'] + loop['compute_s']
+    lines += ['', f"trainer loop, {main_count} device(s), {loop['steps']} steps: each stage "
+              'waited for (medians, ms per step)',
+              _columns(('data loading', 'host-to-device', 'step compute', 'sum',
+                        'trainer as run (overlapped)'),
+                       [(f"{loop['load_s'] * 1e3:.0f} ({100 * loop['load_s'] / total:.0f}%)",
+                         f"{loop['host_to_device_s'] * 1e3:.1f} "
+                         f"({100 * loop['host_to_device_s'] / total:.0f}%)",
+                         f"{loop['compute_s'] * 1e3:.0f} ({100 * loop['compute_s'] / total:.0f}%)",
+                         f'{total * 1e3:.0f}',
+                         f"{loop['overlapped_step_s'] * 1e3:.0f} = "
+                         f"{loop['overlapped_windows_per_s']:.1f} windows/s")])]
+
+  parts = results['parts']
+  step_cpu_s = parts['parts']['train step']['cpu_seconds']
+  lines += ['', f"where a step's compute goes (1 device, batch {parts['batch']}, forward+backward "
+            'of each part alone, timed in turn; rows in brackets are differences; CPU time is '
+            "this process's, all threads)",
+            _columns(('part', 'wall ms', 'CPU ms', '% of step (CPU)', 'GFLOP', 'GFLOP/s (wall)'),
+                     [(name, f"{p['seconds'] * 1e3:.1f}", f"{p['cpu_seconds'] * 1e3:.1f}",
+                       f"{100 * p['cpu_seconds'] / step_cpu_s:.0f}", f"{p['flops'] / 1e9:.2f}",
+                       f"{p['flops'] / p['seconds'] / 1e9:.1f}")
+                      for name, p in {**parts['parts'], **derived['parts']}.items()])]
+
+  scaling_rows = []
+  for n, figures in derived['scaling'].items():
+    run = results[f'train_{n}']
+    scaling_rows.append((
+        str(n), str(run['global_batch'] // n), f"{run['compile_s']:.1f}",
+        f"{run['step_s'] * 1e3:.0f}", f"{run['step_cpu_s']:.2f}", f"{run['windows_per_s']:.1f}",
+        f"{figures['speedup']:.2f}", f"{run['train_flops_per_window'] / 1e6:.1f}",
+        f"{figures['max_loss_difference']:.1e}", f"{run['host_peak_mib']:.0f}",
+        _device_mib(run)))
+  kind = ('fake CPU devices sharing the same cores: overhead and correctness, not speed-up'
+          if info['backend'] == 'cpu' else 'devices present')
+  lines += ['', f"train step over device counts, global batch fixed ({kind}); loss difference: "
+            f"max |loss - loss on {next(iter(derived['scaling']))} device(s)| over the first "
+            f"{len(main['losses'])} steps",
+            _columns(('devices', 'per-device batch', 'compile s', 'ms/step', 'CPU s/step',
+                      'windows/s', 'speed-up', 'MFLOP/window', 'loss difference', 'host MiB',
+                      'device MiB'),
+                     scaling_rows)]
+  return '\n'.join(lines)
+
+
+def _columns(header, rows) -> str:
+  widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
+  return '\n'.join('  '.join(str(cell).ljust(w) for cell, w in zip(r, widths)).rstrip()
+                   for r in [header, *rows])
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'unexpected arguments: {argv[1:]}')
+  try:
+    results = measure(_QUICK.value, _DATA_DIR.value, log=lambda m: print(m, file=sys.stderr))
+  except common.StageFailed as error:
+    print(f'benchmarks: {error}', file=sys.stderr)
+    sys.exit(1)
+  print(format_table(results))
+  if _OUTPUT.value:
+    with open(_OUTPUT.value, 'w') as f:
+      json.dump(results, f, indent=2)
+    print(f'\nwrote {_OUTPUT.value}')
+
+
+if __name__ == '__main__':
+  app.run(main)
