@@ -274,26 +274,30 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
         compile_seconds = time.time() - tic
         start_time, start_step = time.time(), step
       final = step == config.num_steps
-      if step % config.log_every == 0 or final or step % config.checkpoint_every == 0:
-        values = _check_finite(pending)
+      evaluate = step % config.eval_every == 0 or final
+      save = step % config.checkpoint_every == 0 or final
+      if evaluate or save or step % config.log_every == 0:
+        values = _check_finite(pending)  # before anything is evaluated or saved
         pending = []
+        if evaluate:
+          last_eval = evaluate_dev(config, graphdef, parallel.local_copy(state.params), corpus,
+                                   tasks)
+          writer.write(step, 'dev', _flatten(last_eval))
+          score = last_eval['mean']['ccc_concat']
+          if math.isfinite(score) and score > best_score:
+            best_score = score
+            store.save_best(step, _snapshot(parallel.get_state(state).params),
+                            {**run_info, 'step': step, 'dev': last_eval}, score)
+        if save:
+          store.save_latest(step, _snapshot(parallel.get_state(state)), iterators,
+                            {**run_info, 'step': step})
         rate = (step - start_step) / max(time.time() - start_time, 1e-9)
         writer.write(step, 'train', {**values, 'steps_per_second': rate})
         dev = '' if last_eval is None else f" | dev CCC {last_eval['mean']['ccc_concat']:.3f}"
         _log(f"step {step}/{config.num_steps} | loss {values['loss']:.4f} | "
              f'{rate:.2f} steps/s{dev}')
-      if step % config.eval_every == 0 or final:
-        last_eval = evaluate_dev(config, graphdef, parallel.local_copy(state.params), corpus,
-                                 tasks)
-        writer.write(step, 'dev', _flatten(last_eval))
-        score = last_eval['mean']['ccc_concat']
-        if math.isfinite(score) and score > best_score:
-          best_score = score
-          store.save_best(step, _snapshot(parallel.get_state(state).params),
-                          {**run_info, 'step': step, 'dev': last_eval}, score)
-      if step % config.checkpoint_every == 0 or final:
-        store.save_latest(step, _snapshot(parallel.get_state(state)), iterators,
-                          {**run_info, 'step': step})
+    if last_eval is None:  # the workdir's run was already complete: report it
+      last_eval = evaluate_dev(config, graphdef, parallel.local_copy(state.params), corpus, tasks)
     store.wait()
   finally:
     writer.close()

@@ -20,7 +20,8 @@ post-processing.
 
 from absl import app
 from absl import flags
-from absl import logging
+
+from launch import cli
 
 _WORKDIR = flags.DEFINE_string('workdir', None, 'The training run\'s workdir.', required=True)
 _SPLIT = flags.DEFINE_enum('split', None, ['dev', 'test'],
@@ -33,8 +34,7 @@ _DATA_DIR = flags.DEFINE_string('data_dir', None,
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
-  if not flags.FLAGS['verbosity'].present:  # Orbax logs every restore step at INFO
-    logging.set_verbosity(logging.WARNING)
+  cli.quiet_logging()
   from ccc_jax import inference  # pylint: disable=g-import-not-at-top
   try:
     result = inference.evaluate_split(_WORKDIR.value, _SPLIT.value, _CHECKPOINT.value,

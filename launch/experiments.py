@@ -9,8 +9,9 @@ an interrupted run resumes from its checkpoint.
 
 from absl import app
 from absl import flags
-from absl import logging
 from ml_collections import config_flags
+
+from launch import cli
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Base config file (with :variants).',
                                           lock_config=False)
@@ -22,8 +23,7 @@ _SEEDS = flags.DEFINE_integer('seeds', 3, 'Seeds per cell, trained together.', l
 
 def main(argv):
   del argv
-  if not flags.FLAGS['verbosity'].present:
-    logging.set_verbosity(logging.WARNING)
+  cli.quiet_logging()
   from ccc_jax import experiments  # pylint: disable=g-import-not-at-top
   from ccc_jax import input_pipeline  # pylint: disable=g-import-not-at-top
   from ccc_jax import train  # pylint: disable=g-import-not-at-top

@@ -26,7 +26,8 @@ that needs mocap run without it, or an unknown checkpoint.
 
 from absl import app
 from absl import flags
-from absl import logging
+
+from launch import cli
 
 _WORKDIR = flags.DEFINE_string('workdir', None, 'The training run\'s workdir.', required=True)
 _AUDIO = flags.DEFINE_string('audio', None, 'Audio file of the recording.', required=True)
@@ -42,8 +43,7 @@ _POSTPROCESS = flags.DEFINE_bool('postprocess', True,
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
-  if not flags.FLAGS['verbosity'].present:  # Orbax logs every restore step at INFO
-    logging.set_verbosity(logging.WARNING)
+  cli.quiet_logging()
   from ccc_jax import inference  # pylint: disable=g-import-not-at-top
   try:
     summary = inference.predict_recording(

@@ -11,8 +11,9 @@ reads its own slice of the data.
 
 from absl import app
 from absl import flags
-from absl import logging
 from ml_collections import config_flags
+
+from launch import cli
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Config file (with :variants).',
                                           lock_config=True)
@@ -26,11 +27,9 @@ _DISTRIBUTED = flags.DEFINE_bool('distributed', False,
 
 def main(argv):
   del argv
-  if not flags.FLAGS['verbosity'].present:
-    logging.set_verbosity(logging.WARNING)  # Orbax logs every save at INFO
+  cli.quiet_logging()
   import jax  # pylint: disable=g-import-not-at-top
-  from launch import distributed  # pylint: disable=g-import-not-at-top
-  distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value,
+  cli.initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value,
                          _DISTRIBUTED.value)
   from ccc_jax import report  # pylint: disable=g-import-not-at-top
   from ccc_jax import train  # pylint: disable=g-import-not-at-top
@@ -47,8 +46,11 @@ def main(argv):
   except (ValueError, train.TrainingDiverged, FileNotFoundError) as error:
     raise SystemExit(f'error: {error}') from None
   if jax.process_index() == 0:
-    print(f"\ntrained {summary['step']} steps ({summary['steps_per_second']:.2f} steps/s after "
-          f"{summary['compile_seconds']:.1f} s compiling)")
+    if summary['compile_seconds'] is None:
+      print(f"\n{_WORKDIR.value} had already trained {summary['step']} steps")
+    else:
+      print(f"\ntrained to step {summary['step']} ({summary['steps_per_second']:.2f} steps/s "
+            f"after {summary['compile_seconds']:.1f} s compiling)")
     print(f"dev CCC at the last step (best mean dev CCC {summary['best_dev_ccc']:.4f}):\n")
     print(report.markdown_table(summary['dev'], summary['tasks']))
 

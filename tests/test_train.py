@@ -81,6 +81,12 @@ def test_resume_continues_and_refuses_another_config(tiny_workdir, tiny_data_dir
   shutil.copytree(tiny_workdir, workdir)
   with pytest.raises(ValueError, match="loss: 'ccc' -> 'mse'"):
     train.train_and_evaluate(tiny_config(tiny_data_dir, loss='mse'), str(workdir))
+  # A finished run started again trains nothing and reports the same dev table.
+  again = train.train_and_evaluate(tiny_config(tiny_data_dir), str(workdir))
+  assert again['step'] == 20 and again['compile_seconds'] is None
+  finished = json.loads((tiny_workdir / 'summary.json').read_text())
+  assert again['dev']['mean']['ccc_concat'] == pytest.approx(finished['dev']['mean']['ccc_concat'],
+                                                             abs=1e-6)
   summary = train.train_and_evaluate(tiny_config(tiny_data_dir, num_steps=25), str(workdir))
   assert summary['step'] == 25
   assert sorted(os.listdir(workdir / 'checkpoints' / 'latest')) == ['25']

@@ -1,9 +1,17 @@
-"""Multi-process start-up shared by the launch scripts (jax.distributed)."""
+"""What the launch scripts share: quiet logging and multi-process start-up."""
 
+from absl import flags
+from absl import logging
 import jax
 
 
-def initialize(coordinator_address, num_processes, process_id, auto: bool) -> None:
+def quiet_logging() -> None:
+  """absl logging at WARNING unless --verbosity was given: Orbax logs every save at INFO."""
+  if not flags.FLAGS['verbosity'].present:
+    logging.set_verbosity(logging.WARNING)
+
+
+def initialize_distributed(coordinator_address, num_processes, process_id, auto: bool) -> None:
   """Joins a multi-process run when asked; a single process needs nothing."""
   explicit = coordinator_address is not None or num_processes is not None
   if not explicit and not auto:
