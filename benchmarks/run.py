@@ -45,6 +45,7 @@ _DATA_DIR = flags.DEFINE_string(
 _OUTPUT = flags.DEFINE_string('output', None, 'Also write every measurement to this JSON file.')
 
 DATASET = 'synthetic_avd/default'  # launch/configs/synthetic.py's default
+SEEDS = 3  # as in the experiment grid
 PIPELINE_WORKERS = (0, 1, 2)
 CPU_DEVICE_COUNTS = (1, 2, 4, 8)
 
@@ -109,6 +110,11 @@ def measure(quick: bool, data_dir: str, log=print) -> dict[str, Any]:
              'check_steps': sizes['check_steps'], 'steps': sizes['steps'],
              'loop_steps': sizes['loop_steps'] if n == main_count else 0},
             cpu_devices=n if on_cpu else None)
+    # Seeds of an experiment-grid cell: vectorised in one program against one after another.
+    stage(f'train_seeds{SEEDS}', 'train',
+          {'devices': main_count, 'data_dir': data_dir, 'batches': sizes['batches'],
+           'check_steps': 1, 'steps': sizes['steps'], 'loop_steps': 0, 'seeds': SEEDS},
+          cpu_devices=main_count if on_cpu else None)
     for workers in PIPELINE_WORKERS:
       stage(f'pipeline_{workers}', 'pipeline', {'workers': workers, 'data_dir': data_dir,
                                                 'batches': sizes['pipeline_batches']})
@@ -148,7 +154,12 @@ def derive(results: dict[str, Any], counts: list[int], main_count: int) -> dict[
   def minus(whole, *others):
     return {k: whole[k] - sum(other[k] for other in others)
             for k in ('seconds', 'cpu_seconds', 'flops')}
+  seeds = results[f'train_seeds{SEEDS}']
   return {
+      'seeds': {'count': SEEDS, 'vectorised_step_s': seeds['step_s'],
+                'sequential_step_s': SEEDS * main['step_s'],
+                'speedup': SEEDS * main['step_s'] / seeds['step_s'],
+                'vectorised_compile_s': seeds['compile_s']},
       'main_devices': main_count,
       'parts': {'[trunk: fusion, temporal model, heads] = model - branches':
                     minus(model, *branches),
@@ -219,6 +230,12 @@ def format_table(results: dict[str, Any]) -> str:
   row('achieved by the train step', f"{derived['achieved_gflops']:.1f} GFLOP/s = "
       f"{100 * derived['fraction_of_peak']:.0f}% of the matmul rate "
       f"({derived['peak_gflops']:.0f} GFLOP/s)")
+  seeds = derived['seeds']
+  row(f"{seeds['count']} seeds: vectorised against one after another",
+      f"{seeds['vectorised_step_s'] * 1e3:.0f} ms per step of all {seeds['count']} against "
+      f"{seeds['count']} x {main['step_s'] * 1e3:.0f} = {seeds['sequential_step_s'] * 1e3:.0f} ms "
+      f"({seeds['speedup']:.2f}x; one compile of {seeds['vectorised_compile_s']:.1f} s instead "
+      f"of {seeds['count']})", results[f'train_seeds{seeds["count"]}'])
   for workers in PIPELINE_WORKERS:
     pipe = results[f'pipeline_{workers}']
     row(f'input pipeline alone, {workers} workers',

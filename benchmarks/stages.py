@@ -110,6 +110,7 @@ def prepare(args) -> dict[str, Any]:
 def train_step(args) -> dict[str, Any]:
   """The trainer's step on the first `args['devices']` devices; see the module docstring."""
   config, corpus, model_info = _default_setup(args['data_dir'])
+  config.seeds = tuple(range(args.get('seeds', 1)))  # several: vectorised in one program
   devices = jax.devices()[:args['devices']]
   if len(devices) != args['devices']:
     raise ValueError(f"asked for {args['devices']} devices, {len(jax.devices())} present")

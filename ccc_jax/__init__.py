@@ -19,9 +19,16 @@ _LAZY = {
 }
 
 
+_MODULES = ('audio_io', 'checkpoints', 'evaluation', 'experiments', 'features', 'inference',
+            'input_pipeline', 'losses', 'metrics', 'models', 'postprocess', 'report', 'sharding',
+            'train', 'windows')
+
+
 def __getattr__(name):
   if name in _LAZY:
     return getattr(importlib.import_module(_LAZY[name]), name)
+  if name in _MODULES:  # `ccc_jax.features` works without `import ccc_jax.features`
+    return importlib.import_module(f'{__name__}.{name}')
   raise AttributeError(f'module {__name__!r} has no attribute {name!r}')
 
 

@@ -161,6 +161,26 @@ def make_per_device_step(graphdef, optimizer: optax.GradientTransformation, loss
   return jax.vmap(one_seed)
 
 
+def compiled_train_step(graphdef, config, parallel: sharding.DataParallel) -> Callable:
+  """The data-parallel train step `(state, batch) -> (state, metrics)`, donating the state.
+
+  Cached: the runs of an experiment grid (and of a test session) that share a model, optimiser
+  and loss share one compiled program instead of compiling it per run.
+  """
+  weights = None if config.task_weights is None else tuple(config.task_weights)
+  return _compiled_train_step(graphdef, config.optimizer.to_json(), config.num_steps,
+                              config.loss, weights, parallel)
+
+
+@functools.lru_cache(maxsize=8)
+def _compiled_train_step(graphdef, optimizer_json: str, num_steps: int, loss_kind: str,
+                         task_weights, parallel: sharding.DataParallel) -> Callable:
+  optimizer = make_optimizer(ml_collections.ConfigDict(
+      {'optimizer': json.loads(optimizer_json), 'num_steps': num_steps}))
+  return parallel.run(make_per_device_step(graphdef, optimizer, loss_kind, task_weights),
+                      batch_axis=1, donate_argnums=(0,))
+
+
 def create_state(config, info: ModelInfo) -> tuple[Any, TrainState, optax.GradientTransformation]:
   graphdef, params = init_params(config.model, info, config.seeds)
   optimizer = make_optimizer(config)
@@ -240,7 +260,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   parallel = sharding.DataParallel(sharding.make_mesh(), config.parallel)
   parallel.check_batch_size(config.global_batch)
 
-  graphdef, state, optimizer = create_state(config, info)
+  graphdef, state, _ = create_state(config, info)
   iterators = seed_iterators(config, corpus)
   store = checkpoints.Checkpoints(workdir)
   best_score = -math.inf
@@ -254,9 +274,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   run_info = {'config': json.loads(config.to_json()), 'model_info': info.to_json()}
 
   state = parallel.put_state(state)
-  step_fn = parallel.run(
-      make_per_device_step(graphdef, optimizer, config.loss, config.task_weights),
-      batch_axis=1, donate_argnums=(0,))
+  step_fn = compiled_train_step(graphdef, config, parallel)
   writer = _MetricWriter(workdir)
   step = int(latest or 0)
   pending: list[tuple[int, Any]] = []  # device metrics not yet checked for NaN
