@@ -21,8 +21,6 @@ from typing import Any, Sequence
 import grain
 import numpy as np
 
-MODALITIES = ('audio', 'logmel', 'mocap')
-
 
 class CorpusError(ValueError):
   """A prepared dataset is missing, incomplete, or lacks what the config asks for."""
@@ -174,8 +172,7 @@ def iterate_split(corpus: Corpus, split: str, batch_size: int, modalities: Seque
       inputs['labels'] = stacked['labels'][..., task_indices].astype(np.float32)
       inputs['mask'] = stacked['mask'].astype(np.float32)
     info = {'recording': [_text(e['recording']) for e in examples],
-            'start': stacked['start'].astype(np.int64), 'valid': valid,
-            'mask': stacked['mask'].astype(np.float32)}
+            'start': stacked['start'].astype(np.int64), 'valid': valid}
     yield inputs, info
 
 
