@@ -23,10 +23,13 @@ from absl import flags
 import jax
 import numpy as np
 
+from ccc_jax import checkpoints
 from ccc_jax import evaluation
 from ccc_jax import features
 from ccc_jax import inference
 from ccc_jax import train
+from ccc_jax.config import ModelInfo
+from launch import cli
 from launch.configs import synthetic
 
 _VARIANTS = flags.DEFINE_list('variants', ['audio_only', 'full'],
@@ -45,18 +48,18 @@ def _peak_rss_mb() -> float:
 
 
 def _predictor(variant: str, batch_size: int | None) -> inference.Predictor:
-  config = synthetic.get_config('audio_only' if variant == 'audio_only' else None)
+  config = cli.run_config(synthetic.get_config('audio_only' if variant == 'audio_only' else None))
   input_dims = {'audio': features.SAMPLES_PER_FRAME, 'logmel': features.NUM_MELS,
                 'mocap': features.mocap_feature_dim(NUM_MARKERS)}
   stats = {name: {'mean': [0.0] * dim, 'std': [1.0] * dim}
            for name, dim in input_dims.items() if name != 'audio'}
   stats['audio'] = {'mean': 0.0, 'std': 0.1}
-  info = train.ModelInfo(tasks=tuple(config.tasks), input_dims=input_dims, stats=stats,
+  info = ModelInfo(tasks=tuple(config.tasks), input_dims=input_dims, stats=stats,
                          window=WINDOW, hop=HOP, sample_rate=features.SAMPLE_RATE,
                          label_rate=features.LABEL_RATE, dataset=config.dataset)
   graphdef, params = train.init_params(config.model, info, config.seeds)
-  model = inference.RestoredModel(workdir='', step=0, graphdef=graphdef, params=params,
-                                  info=info, config=config.to_dict())
+  model = checkpoints.RestoredModel(workdir='', step=0, graphdef=graphdef, params=params,
+                                    info=info, config=config)
   return inference.Predictor(model, batch_size=batch_size)
 
 

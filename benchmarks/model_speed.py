@@ -21,6 +21,7 @@ import jax
 import jax.numpy as jnp
 
 from ccc_jax import models
+from ccc_jax.config import ModelConfig
 
 _BATCH_SIZES = flags.DEFINE_list('batch_sizes', ['8', '32'], 'Batch sizes to time.')
 _WINDOW = flags.DEFINE_integer('window', 100, 'Window length T in label frames (25 Hz).')
@@ -43,8 +44,7 @@ def _example_inputs(batch_size: int, window: int) -> dict[str, jax.Array]:
 def time_forward_backward(temporal: str, batch_size: int, window: int,
                           repeats: int) -> tuple[int, list[float]]:
   """Parameter count and the seconds of each timed forward+backward pass."""
-  config = models.default_model_config()
-  config.temporal = temporal
+  config = ModelConfig(temporal=temporal)
   model = models.AVDNet(config, num_tasks=NUM_TASKS, input_dims=INPUT_DIMS, rngs=nnx.Rngs(0))
   graphdef, params = nnx.split(model, nnx.Param)
   num_params = sum(leaf.size for leaf in jax.tree.leaves(params))

@@ -47,6 +47,7 @@ from ccc_jax import features
 from ccc_jax import input_pipeline
 from ccc_jax import sharding
 from ccc_jax import train
+from launch import cli
 from launch.configs import synthetic
 
 _STAGE = flags.DEFINE_string('stage', None, 'Which measurement to run.')
@@ -56,10 +57,9 @@ _OUTPUT = flags.DEFINE_string('output', None, 'Where to write its JSON result.')
 
 def _default_setup(data_dir: str):
   """The default synthetic config (launch/configs/synthetic.py), its corpus and ModelInfo."""
-  config = synthetic.get_config()
-  config.data_dir = data_dir
+  config = cli.run_config(synthetic.get_config()).replace(data_dir=data_dir)
   corpus = input_pipeline.open_corpus(config.dataset, data_dir)
-  info = train.ModelInfo.from_corpus(corpus, config.tasks)
+  info = corpus.model_info(config.tasks)
   return config, corpus, info
 
 
@@ -95,7 +95,7 @@ def matmul(args) -> dict[str, Any]:
 def prepare(args) -> dict[str, Any]:
   """`launch.prepare.prepare_dataset` into `args['data_dir']` (or a temporary folder, removed
   afterwards)."""
-  from launch import prepare as prepare_lib  # pylint: disable=g-import-not-at-top
+  from datasets import prepare as prepare_lib  # pylint: disable=g-import-not-at-top
   data_dir = args.get('data_dir') or tempfile.mkdtemp(prefix='ccc_jax_bench_prepare_')
   try:
     summary = prepare_lib.prepare_dataset(args['name'], data_dir)
@@ -110,7 +110,7 @@ def prepare(args) -> dict[str, Any]:
 def train_step(args) -> dict[str, Any]:
   """The trainer's step on the first `args['devices']` devices; see the module docstring."""
   config, corpus, model_info = _default_setup(args['data_dir'])
-  config.seeds = tuple(range(args.get('seeds', 1)))  # several: vectorised in one program
+  config = config.replace(seeds=tuple(range(args.get('seeds', 1))))  # several: vectorised
   devices = jax.devices()[:args['devices']]
   if len(devices) != args['devices']:
     raise ValueError(f"asked for {args['devices']} devices, {len(jax.devices())} present")
@@ -118,7 +118,8 @@ def train_step(args) -> dict[str, Any]:
   parallel.check_batch_size(config.global_batch)
 
   start = time.perf_counter()
-  graphdef, state, optimizer = train.create_state(config, model_info)
+  graphdef, state = train.create_state(config, model_info)
+  optimizer = train.make_optimizer(config.optimizer, config.num_steps)
   state = parallel.put_state(state)
   _block_all(state)
   init_s = time.perf_counter() - start
@@ -225,7 +226,7 @@ def _training_loop(parallel, compiled, state, iterators, steps: int,
 def pipeline(args) -> dict[str, Any]:
   """Windows per second of the trainer's input iterators alone, with `workers` processes."""
   config, corpus, _ = _default_setup(args['data_dir'])
-  config.data_workers = args['workers']
+  config = config.replace(data_workers=args['workers'])
   iterators = train.seed_iterators(config, corpus)
   start = time.perf_counter()
   next(iterators)  # starts the workers and fills the prefetch buffers
@@ -267,7 +268,7 @@ def parts(args) -> dict[str, Any]:
   """
   config, corpus, model_info = _default_setup(args['data_dir'])
   per_device = config.global_batch // args['devices']
-  config.global_batch = per_device
+  config = config.replace(global_batch=per_device)
   graphdef, params = train.init_params(config.model, model_info, [0])
   model = nnx.merge(graphdef, jax.tree.map(lambda x: x[0], params))
   iterators = train.seed_iterators(config, corpus)
@@ -307,7 +308,8 @@ def _one_device_step(config, model_info, host_batch) -> tuple[Callable[[], Any],
   """`(call, compiled)`: the trainer's step on one device and a call of it (state donated and
   carried from call to call) on `host_batch`, waiting for the result."""
   parallel = sharding.DataParallel(sharding.make_mesh(jax.devices()[:1]), config.parallel)
-  graphdef, state, optimizer = train.create_state(config, model_info)
+  graphdef, state = train.create_state(config, model_info)
+  optimizer = train.make_optimizer(config.optimizer, config.num_steps)
   state = parallel.put_state(state)
   step_fn = parallel.run(
       train.make_per_device_step(graphdef, optimizer, config.loss, config.task_weights),

@@ -1,8 +1,15 @@
 """ccc-jax: multimodal continuous emotion recognition with correlation losses in JAX/Flax.
 
-Modules: `losses`, `metrics` (the numbers), `models`, `train`, `sharding` (device layout),
-`input_pipeline`, `checkpoints`, `evaluation`, `postprocess`, `inference`, `experiments`,
-`features`, `audio_io`, `windows`, `report`. For using a trained model:
+Modules, each with one job (imports point downward through this list):
+
+- `errors`, `config` (the typed run record and the variant syntax), `files` (atomic writes);
+- `losses`, `metrics` (the numbers), `report` (markdown tables), `plots`;
+- `audio_io`, `features`, `formats` (CSV tables), `windows`;
+- `models`, `sharding` (device layout), `input_pipeline` (prepared corpora, grain);
+- `checkpoints` (the checkpoint layout, restore), `postprocess` (tuning and its file),
+  `evaluation` (scoring a split), `train`, `inference` (the `Predictor`), `experiments`.
+
+For using a trained model:
 
     predictor = ccc_jax.Predictor.load('runs/synthetic')
     traces = predictor.predict(audio, sample_rate=16000)     # [frames, tasks] at 25 Hz
@@ -13,15 +20,15 @@ import importlib
 # Loaded on first use, so `from ccc_jax import losses` does not import Orbax, grain and TFDS.
 _LAZY = {
     'Predictor': 'ccc_jax.inference',
-    'restore_model': 'ccc_jax.inference',
-    'evaluate_split': 'ccc_jax.inference',
+    'restore_model': 'ccc_jax.checkpoints',
+    'evaluate_split': 'ccc_jax.evaluation',
     'train_and_evaluate': 'ccc_jax.train',
+    'RunConfig': 'ccc_jax.config',
 }
 
-
-_MODULES = ('audio_io', 'checkpoints', 'evaluation', 'experiments', 'features', 'inference',
-            'input_pipeline', 'losses', 'metrics', 'models', 'postprocess', 'report', 'sharding',
-            'train', 'windows')
+_MODULES = ('audio_io', 'checkpoints', 'config', 'errors', 'evaluation', 'experiments',
+            'features', 'files', 'formats', 'inference', 'input_pipeline', 'losses', 'metrics',
+            'models', 'plots', 'postprocess', 'report', 'sharding', 'train', 'windows')
 
 
 def __getattr__(name):

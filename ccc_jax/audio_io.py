@@ -1,9 +1,8 @@
 """Reading audio files into the one waveform format ccc-jax uses: 16 kHz mono float32.
 
-Owns `DataError`, the exception every reader of user-supplied files (audio, labels, mocap,
-features) raises for a bad input, with a message that names the file and says what is wrong.
-Dataset preparation and inference on new recordings both read audio through `load_audio`, so a
-recording is resampled and mixed down the same way at training and at inference time.
+Dataset preparation and inference on new recordings both read audio through `load_audio` (a
+file) or `waveform_16k` (an array), so a recording is resampled and mixed down the same way at
+training and at inference time.
 """
 
 from __future__ import annotations
@@ -15,15 +14,13 @@ import librosa
 import numpy as np
 import soundfile
 
+from ccc_jax.errors import DataError
+
 SAMPLE_RATE = 16000
 
 # soxr's high-quality mode: as accurate as librosa's default and fast enough that resampling
 # 5 minutes of 44.1 kHz stereo takes a fraction of a second.
 _RESAMPLE_TYPE = 'soxr_hq'
-
-
-class DataError(ValueError):
-  """A user-supplied data file is missing, unreadable, or disagrees with the expected format."""
 
 
 class AudioInfo(NamedTuple):
@@ -41,6 +38,8 @@ class AudioInfo(NamedTuple):
 def audio_info(path: str | os.PathLike) -> AudioInfo:
   """Reads the header of an audio file; raises DataError if it is missing, unreadable or empty."""
   path = os.fspath(path)
+  if os.path.isdir(path):
+    raise DataError(f'{path}: is a folder; expected an audio file')
   if not os.path.isfile(path):
     raise DataError(f'{path}: audio file not found')
   try:
@@ -89,3 +88,33 @@ def to_16k_mono(samples: np.ndarray, sample_rate: int) -> np.ndarray:
     samples = librosa.resample(samples, orig_sr=int(sample_rate), target_sr=SAMPLE_RATE,
                                res_type=_RESAMPLE_TYPE)
   return np.ascontiguousarray(samples, dtype=np.float32)
+
+
+def waveform_16k(audio, sample_rate: int) -> np.ndarray:
+  """Any waveform array as the 16 kHz mono float32 the models take, exactly as `load_audio`.
+
+  Args:
+    audio: `[samples]` or `[samples, channels]` (soundfile's layout). Floats are taken as they
+      are (full scale 1.0); integer PCM is scaled to [-1, 1) as soundfile scales it.
+    sample_rate: samples per second of `audio`.
+
+  Raises:
+    DataError: empty audio, NaN or infinite samples, or a layout that looks like
+      `[channels, samples]`.
+  """
+  audio = np.asarray(audio)
+  if np.issubdtype(audio.dtype, np.integer):
+    audio = audio / float(np.iinfo(audio.dtype).max + 1)
+  audio = np.asarray(audio, dtype=np.float32)
+  if audio.ndim == 2 and audio.shape[1] > audio.shape[0]:
+    raise DataError(f'audio has shape {audio.shape}: expected [samples] or [samples, channels]; '
+                    'pass audio.T for a [channels, samples] array')
+  if audio.ndim not in (1, 2):
+    raise DataError(f'audio must be [samples] or [samples, channels], got shape {audio.shape}')
+  if audio.size == 0:
+    raise DataError('audio contains no samples')
+  if int(sample_rate) != sample_rate or sample_rate <= 0:
+    raise DataError(f'sample rate must be a positive whole number, got {sample_rate}')
+  if not np.all(np.isfinite(audio)):
+    raise DataError('audio contains NaN or infinite samples')
+  return to_16k_mono(audio, int(sample_rate))

@@ -1,13 +1,17 @@
 """Orbax checkpoints of a run: the latest (to resume) and the best by dev CCC (to use).
 
-Owns the on-disk layout of a workdir's checkpoints:
+The only module that knows the checkpoint layout, for training (save, resume) and for use
+(`restore_model`: a checkpoint's parameters, `RunConfig` and `ModelInfo`, typed, on one device,
+whatever number of devices trained it; no optimiser state is read). One abstract target,
+`abstract_params`, describes the parameter tree for both. The on-disk layout:
 
     <workdir>/checkpoints/latest/<step>/{params, opt_state, data, run}
     <workdir>/checkpoints/best/<step>/{params, run}
 
-`params` and `opt_state` are array trees; `data` is every process's grain iterator state (grain's
-Orbax handler, one file per process); `run` is JSON: the config, what inference needs
-(`ModelInfo`: tasks, input sizes, normalisation statistics) and, for `best`, the dev table.
+`params` and `opt_state` are array trees (parameters stacked over seeds); `data` is every
+process's grain iterator state (grain's Orbax handler, one file per process); `run` is JSON: the
+`RunConfig`, the `ModelInfo` (tasks, input sizes, normalisation statistics) and, for `best`, the
+dev table.
 
 Two managers instead of one with `best_fn`: a single manager keeping `max_to_keep` by best
 metric deletes the newest checkpoint when it is not the best, and resuming would then go back to
@@ -18,13 +22,19 @@ process killed mid-save leaves the previous checkpoint as the one found.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from typing import Any
 
+from flax import nnx
 import grain
 import jax
-from jax.sharding import NamedSharding, PartitionSpec as P, SingleDeviceSharding
 import orbax.checkpoint as ocp
+
+from ccc_jax import models
+from ccc_jax import sharding
+from ccc_jax.config import ModelConfig, ModelInfo, RunConfig
+from ccc_jax.errors import CheckpointError
 
 
 def _manager(directory: str, *, async_save: bool, for_reading: bool = False):
@@ -39,8 +49,29 @@ def _manager(directory: str, *, async_save: bool, for_reading: bool = False):
   return ocp.CheckpointManager(directory, options=options, item_handlers=handlers)
 
 
-def _abstract(tree: Any, sharding) -> Any:
-  return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), tree)
+def _abstract(tree: Any, placement) -> Any:
+  return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=placement), tree)
+
+
+def abstract_model(model_config: ModelConfig, info: ModelInfo) -> tuple[Any, Any]:
+  """`(graphdef, params)` of one seed's model, shapes and dtypes only (nothing is computed)."""
+  graphdef, params, rest = nnx.split(
+      nnx.eval_shape(lambda: models.AVDNet(model_config, num_tasks=len(info.tasks),
+                                           input_dims=info.input_dims, rngs=nnx.Rngs(0))),
+      nnx.Param, ...)
+  if jax.tree.leaves(rest):
+    raise TypeError('the model holds non-parameter state; the functional train step needs none')
+  return graphdef, params
+
+
+def abstract_params(config: RunConfig, info: ModelInfo, placement=None) -> tuple[Any, Any]:
+  """`(graphdef, abstract params stacked over config.seeds)`: the restore target, placed with
+  `placement` (replicated on a mesh to resume, one device for inference)."""
+  graphdef, params = abstract_model(config.model, info)
+  stacked = jax.tree.map(
+      lambda x: jax.ShapeDtypeStruct((len(config.seeds),) + x.shape, x.dtype, sharding=placement),
+      params)
+  return graphdef, stacked
 
 
 class _IteratorState:
@@ -93,11 +124,11 @@ class Checkpoints:
   def restore_run_info(self, step: int) -> dict:
     return self.latest.restore(step, args=ocp.args.Composite(run=ocp.args.JsonRestore()))['run']
 
-  def restore_training(self, step: int, state, iterators, mesh):
-    """Restores params, optimiser state (replicated on `mesh`) and the iterators, in place."""
-    replicated = NamedSharding(mesh, P())
+  def restore_training(self, step: int, state, iterators, replicated, config: RunConfig,
+                       info: ModelInfo):
+    """Restores params, optimiser state (placed with `replicated`) and the iterators."""
     restored = self.latest.restore(step, args=ocp.args.Composite(
-        params=ocp.args.StandardRestore(_abstract(state.params, replicated)),
+        params=ocp.args.StandardRestore(abstract_params(config, info, replicated)[1]),
         opt_state=ocp.args.StandardRestore(_abstract(state.opt_state, replicated)),
         data=grain.checkpoint.CheckpointRestore(iterators)))
     return state.replace(step=jax.numpy.full_like(state.step, step), params=restored['params'],
@@ -114,38 +145,78 @@ class Checkpoints:
 
 def resolve(workdir: str, which: str = 'best') -> tuple[ocp.CheckpointManager, int]:
   """The manager and step for `which`: 'best', 'latest', or a step number of the latest kind."""
+  if os.path.exists(workdir) and not os.path.isdir(workdir):
+    raise CheckpointError(f'{workdir}: is a file, not a training workdir')
   root = os.path.join(os.path.abspath(workdir), 'checkpoints')
   kind = 'best' if which == 'best' else 'latest'
   directory = os.path.join(root, kind)
   if not os.path.isdir(directory):
-    raise FileNotFoundError(f'{workdir} has no {kind} checkpoint (no folder {directory}); '
-                            'train first with python -m launch.train')
+    raise CheckpointError(f'{workdir} has no {kind} checkpoint (no folder {directory}); '
+                          'train first with python -m launch.train')
   manager = _manager(directory, async_save=False, for_reading=True)
   steps = manager.all_steps()
   if not steps:
-    raise FileNotFoundError(f'{directory} holds no complete checkpoint')
+    raise CheckpointError(f'{directory} holds no complete checkpoint')
   if which in ('best', 'latest'):
     return manager, max(steps)
   try:
     step = int(which)
   except ValueError:
-    raise ValueError(f"checkpoint must be 'best', 'latest' or a step number, got {which!r}") from None
+    raise CheckpointError(f"checkpoint must be 'best', 'latest' or a step number, got "
+                          f'{which!r}') from None
   if step not in steps:
-    raise FileNotFoundError(f'{directory} has no step {step}; it has {sorted(steps)}')
+    raise CheckpointError(f'{directory} has no step {step}; it has {sorted(steps)}')
   return manager, step
 
 
-def restore_params(workdir: str, which: str, abstract_params_fn) -> tuple[Any, dict]:
-  """`(params, run_info)` of a checkpoint, on this process's first device.
+@dataclasses.dataclass(frozen=True)
+class RestoredModel:
+  """A checkpoint ready for inference.
 
-  `abstract_params_fn(run_info)` gives the parameter tree's structure (shapes and dtypes) for
-  the saved config, so a checkpoint trained on any number of devices loads on one.
+  Attributes:
+    workdir: the run's workdir.
+    step: the checkpoint's training step (post-processing is saved per step).
+    graphdef: the model's graph definition.
+    params: parameters stacked over seeds (leading axis), on this process's first device.
+    info: what inference needs besides the parameters (tasks, input sizes, statistics, window).
+    config: the run's config as saved with the checkpoint.
   """
-  manager, step = resolve(workdir, which)
-  run_info = manager.restore(step, args=ocp.args.Composite(run=ocp.args.JsonRestore()))['run']
-  device = SingleDeviceSharding(jax.local_devices()[0])
-  abstract = _abstract(abstract_params_fn(run_info), device)
-  params = manager.restore(step, args=ocp.args.Composite(
-      params=ocp.args.StandardRestore(abstract)))['params']
-  manager.close()
-  return params, {**run_info, 'step': step}
+  workdir: str
+  step: int
+  graphdef: Any
+  params: Any
+  info: ModelInfo
+  config: RunConfig
+
+  @property
+  def tasks(self) -> tuple[str, ...]:
+    return self.info.tasks
+
+  @property
+  def modalities(self) -> tuple[str, ...]:
+    return self.config.model.modalities
+
+  @property
+  def num_seeds(self) -> int:
+    return len(self.config.seeds)
+
+
+def restore_model(workdir: str, checkpoint: str | int = 'best') -> RestoredModel:
+  """Restores the parameters of `checkpoint` ('best', 'latest' or a step) of `workdir`.
+
+  Raises:
+    CheckpointError: the workdir has no such checkpoint, or `checkpoint` is not 'best',
+      'latest' or a number.
+  """
+  manager, step = resolve(workdir, str(checkpoint))
+  try:
+    run_info = manager.restore(step, args=ocp.args.Composite(run=ocp.args.JsonRestore()))['run']
+    config = RunConfig.from_mapping(run_info['config'])
+    info = ModelInfo.from_json(run_info['model_info'])
+    graphdef, abstract = abstract_params(config, info, sharding.single_device())
+    params = manager.restore(step, args=ocp.args.Composite(
+        params=ocp.args.StandardRestore(abstract)))['params']
+  finally:
+    manager.close()
+  return RestoredModel(workdir=os.path.abspath(workdir), step=int(step), graphdef=graphdef,
+                       params=params, info=info, config=config)

@@ -1,30 +1,49 @@
-"""Whole-recording predictions from windowed data, and their scores.
+"""Scoring: whole-recording predictions of a prepared split, and their metric tables.
 
-Owns the path from a prepared split to per-recording traces: every window is predicted, windows
-are put back together by averaging their overlaps (`ccc_jax.windows.reassemble`), and the
-streaming metric scores whole recordings (`ccc_concat` and `ccc_seq_mean`, see metrics.py).
-Predictions carry a leading seed axis: a run that trained several seeds at once is scored per
-seed, and the table reports the mean over seeds.
+Owns the one answer to "how is a split scored?", for the trainer's dev evaluation and for
+`launch.evaluate` on any split:
+
+- `predict_split`: every window of a split is predicted, and windows are put back together by
+  averaging their overlaps (`ccc_jax.windows`). Predictions carry a leading seed axis.
+- `ensemble`: a run that trained several seeds at once is used as an ensemble, the mean of the
+  seeds' traces. What is scored, selected as the best checkpoint, post-processed and deployed is
+  that ensemble (for one seed, the seed itself).
+- `score_split`: the metric table (`ccc_concat`, `ccc_seq_mean`, PCC, RMSE per task, see
+  `ccc_jax.metrics`) of the ensemble at the top level, with each seed's own table under `seeds`
+  and their mean under `seed_mean`.
+- `evaluate_split`: a checkpoint scored before and after post-processing; the dev split tunes
+  the post-processing (`ccc_jax.postprocess`) and every other split applies it unchanged.
 """
 
 from __future__ import annotations
 
 import functools
+import os
 from typing import Any, Sequence
 
 from flax import nnx
 import jax
 import numpy as np
 
+from ccc_jax import checkpoints
+from ccc_jax import files
+from ccc_jax import formats
 from ccc_jax import input_pipeline
 from ccc_jax import metrics
+from ccc_jax import postprocess
 from ccc_jax import windows
+from ccc_jax.errors import CheckpointError, CorpusError
 
 
 @functools.partial(jax.jit, static_argnums=0)
 def predict_windows(graphdef, params, inputs):
   """Traces `[seeds, batch, T, tasks]` for a batch of windows, with stacked seed parameters."""
   return jax.vmap(lambda p: nnx.merge(graphdef, p)(inputs))(params)
+
+
+def ensemble(prediction_seeds: np.ndarray) -> np.ndarray:
+  """The ensemble `[frames, tasks]` of per-seed traces `[seeds, frames, tasks]`: their mean."""
+  return np.mean(prediction_seeds, axis=0, dtype=np.float64).astype(np.float32)
 
 
 def predict_split(graphdef, params, corpus: input_pipeline.Corpus, split: str,
@@ -35,48 +54,153 @@ def predict_split(graphdef, params, corpus: input_pipeline.Corpus, split: str,
   `params` are stacked over seeds and live on one device (this process predicts every window).
   """
   labelled = tasks is not None and corpus.is_labelled(split)
-  parts: dict[str, dict[str, list]] = {}
+  frames = corpus.recordings(split)
+  num_seeds = jax.tree.leaves(params)[0].shape[0]
+  averages: dict[str, dict[str, windows.OverlapAverage]] = {}
   for inputs, info in input_pipeline.iterate_split(corpus, split, batch_size, modalities,
                                                    tasks if labelled else None):
     predicted = np.asarray(predict_windows(graphdef, params, inputs))
     for i in np.flatnonzero(info['valid']):
-      part = parts.setdefault(info['recording'][i], {'start': [], 'prediction': [], 'truth': []})
-      part['start'].append(info['start'][i])
-      part['prediction'].append(predicted[:, i])
+      name = info['recording'][i]
+      if name not in averages:
+        averages[name] = {'prediction': windows.OverlapAverage(frames[name],
+                                                               (num_seeds, predicted.shape[-1]))}
+        if labelled:
+          averages[name]['truth'] = windows.OverlapAverage(frames[name],
+                                                           inputs['labels'].shape[-1:])
+      averages[name]['prediction'].add(info['start'][i], np.moveaxis(predicted[:, i], 0, 1))
       if labelled:
-        part['truth'].append(inputs['labels'][i])
-  frames = corpus.recordings(split)
-  missing = sorted(set(frames) - set(parts))
+        averages[name]['truth'].add(info['start'][i], inputs['labels'][i])
+  missing = sorted(set(frames) - set(averages))
   if missing:
-    raise input_pipeline.CorpusError(f'{corpus.name} {split}: no windows for recordings {missing}')
+    raise CorpusError(f'{corpus.name} {split}: no windows for recordings {missing}')
   result = {}
-  for name, part in sorted(parts.items()):
-    starts = np.asarray(part['start'])
-    stacked = np.stack(part['prediction'], axis=1)  # [seeds, windows, T, tasks]
-    entry = {'prediction': np.stack([windows.reassemble(starts, s, frames[name])
-                                     for s in stacked])}
+  for name in sorted(averages):
+    entry = {'prediction': np.moveaxis(averages[name]['prediction'].result(), 1, 0)}
     if labelled:
-      entry['truth'] = windows.reassemble(starts, np.stack(part['truth']), frames[name])
+      entry['truth'] = averages[name]['truth'].result()
     result[name] = entry
   return result
 
 
-def score(recordings: dict[str, dict[str, np.ndarray]], tasks: Sequence[str],
-          seed_index: int = 0) -> dict[str, dict[str, float]]:
-  """The metric table of one seed over whole recordings."""
+def score(truth: dict[str, np.ndarray], prediction: dict[str, np.ndarray],
+          tasks: Sequence[str]) -> dict[str, dict[str, float]]:
+  """The metric table of `[frames, tasks]` traces per recording, over whole recordings."""
   streaming = metrics.StreamingMetrics(tasks)
-  for name, entry in recordings.items():
-    streaming.update(name, entry['truth'], entry['prediction'][seed_index])
+  for name in sorted(prediction):
+    streaming.update(name, truth[name], prediction[name])
   return streaming.compute()
 
 
-def score_seeds(recordings: dict[str, dict[str, np.ndarray]],
+def score_split(predictions: dict[str, dict[str, np.ndarray]],
                 tasks: Sequence[str]) -> dict[str, Any]:
-  """Tables per seed (`seeds`), and their mean over seeds in the same layout at the top level."""
-  num_seeds = next(iter(recordings.values()))['prediction'].shape[0]
-  per_seed = [score(recordings, tasks, s) for s in range(num_seeds)]
-  table: dict[str, Any] = {
-      row: {name: float(np.mean([t[row][name] for t in per_seed])) for name in per_seed[0][row]}
-      for row in per_seed[0]}
+  """The ensemble's table at the top level; per-seed tables under `seeds`, their mean under
+  `seed_mean`. For one seed the ensemble is that seed."""
+  truth = {name: entry['truth'] for name, entry in predictions.items()}
+  table: dict[str, Any] = score(
+      truth, {name: ensemble(entry['prediction']) for name, entry in predictions.items()}, tasks)
+  num_seeds = next(iter(predictions.values()))['prediction'].shape[0]
+  per_seed = [score(truth, {name: entry['prediction'][s] for name, entry in predictions.items()},
+                    tasks) for s in range(num_seeds)]
   table['seeds'] = per_seed
+  table['seed_mean'] = {
+      row: {column: float(np.mean([t[row][column] for t in per_seed])) for column in per_seed[0][row]}
+      for row in per_seed[0]}
   return table
+
+
+def check_corpus_matches(corpus: input_pipeline.Corpus, model: checkpoints.RestoredModel) -> None:
+  """The dataset must give the model the inputs and normalisation it was trained with."""
+  corpus.task_indices(model.tasks)
+  where = f'{corpus.name} under {corpus.data_dir}'
+  for modality in model.modalities:
+    if modality not in corpus.modalities:
+      raise CorpusError(f'{where} has no {modality!r} input, which the model uses')
+    saved, current = model.info.stats.get(modality), corpus.stats.get(modality)
+    same = saved is not None and current is not None and all(
+        np.shape(saved[k]) == np.shape(current[k]) and np.allclose(saved[k], current[k])
+        for k in ('mean', 'std'))
+    if not same:
+      raise CorpusError(
+          f'{where} has other {modality!r} normalisation statistics than the dataset the model '
+          'was trained on: it was prepared differently; evaluate on the data the model was '
+          'trained with (--data_dir)')
+  if corpus.window != model.info.window:
+    raise CorpusError(f'{where} has windows of {corpus.window} frames; the model was trained on '
+                      f'{model.info.window}')
+
+
+def evaluate_split(workdir: str, split: str, checkpoint: str | int = 'best',
+                   data_dir: str | None = None) -> dict[str, Any]:
+  """Scores a checkpoint on a prepared split, before and after post-processing.
+
+  The dataset is the one the run trained on (`dataset` and `data_dir` of the saved config),
+  read from `data_dir` when given. On the dev split the post-processing is tuned on the
+  ensemble prediction and saved for this checkpoint step; any other split applies the saved one.
+
+  Returns:
+    A JSON-able dict, also written to `<workdir>/eval_<split>_step<step>.json`: the checkpoint,
+    dataset and split; for a labelled split the tables `ensemble_before`, `ensemble_after` and
+    `seed_mean_before` (`{task: {ccc_concat, ccc_seq_mean, pcc, rmse}, 'mean': ...}`, with
+    per-seed tables under `seed_mean_before['seeds']`); for an unlabelled split
+    `predictions_dir` (one CSV per recording) and a `note`; and the post-processing used.
+
+  Raises:
+    CheckpointError: no such checkpoint, or (for a split other than dev) no post-processing
+      tuned for this checkpoint yet.
+    CorpusError: the dataset is missing or does not match the model.
+  """
+  model = checkpoints.restore_model(workdir, checkpoint)
+  corpus = input_pipeline.open_corpus(model.config.dataset, data_dir or model.config.data_dir)
+  corpus.source(split)  # an unknown split fails here, naming the splits there are
+  check_corpus_matches(corpus, model)
+  labelled = corpus.is_labelled(split)
+  tuning = postprocess.TUNING_SPLIT
+  if split == tuning and not labelled:
+    raise CorpusError(f'{corpus.name}: split {split!r} has no labels to tune post-processing on')
+  if split != tuning:
+    postprocessing = postprocess.load(workdir, model.step)
+    if postprocessing is None:
+      raise CheckpointError(
+          f'{postprocess.path(workdir)} holds no post-processing tuned for checkpoint step '
+          f'{model.step}: tune it on dev first with python -m launch.evaluate '
+          f'--workdir={workdir} --split=dev --checkpoint={checkpoint}')
+
+  tasks = model.tasks
+  predictions = predict_split(model.graphdef, model.params, corpus, split, model.modalities,
+                              tasks, batch_size=model.config.eval_batch)
+  combined = {name: ensemble(entry['prediction']) for name, entry in predictions.items()}
+  if split == tuning:
+    postprocessing = postprocess.tune(
+        [(predictions[name]['truth'], combined[name]) for name in sorted(predictions)], tasks)
+    postprocess.save(workdir, model.step, postprocessing, {
+        'checkpoint': str(checkpoint), 'dataset': corpus.name, 'tuned_on': split,
+        'prediction': f'ensemble of {model.num_seeds} seed(s)'})
+
+  result: dict[str, Any] = {
+      'workdir': model.workdir, 'checkpoint': str(checkpoint), 'step': model.step,
+      'dataset': corpus.name, 'data_dir': corpus.data_dir, 'split': split,
+      'tasks': list(tasks), 'seeds': list(model.config.seeds),
+      'recordings': len(predictions),
+      'frames': int(sum(p.shape[0] for p in combined.values())),
+      'labelled': labelled, 'postprocess_file': postprocess.path(workdir),
+      'postprocessing': postprocessing.to_json()}
+  processed = {name: postprocessing.apply(trace).astype(np.float32)
+               for name, trace in combined.items()}
+  if labelled:
+    truth = {name: entry['truth'] for name, entry in predictions.items()}
+    result['ensemble_before'] = score(truth, combined, tasks)
+    result['ensemble_after'] = score(truth, processed, tasks)
+    tables = score_split(predictions, tasks)
+    result['seed_mean_before'] = {**tables['seed_mean'], 'seeds': tables['seeds']}
+  else:
+    directory = os.path.join(model.workdir, 'predictions', f'{split}_step{model.step}')
+    for name, trace in processed.items():
+      formats.write_traces_csv(os.path.join(directory, f'{name}.csv'), trace, tasks,
+                               model.info.label_rate)
+    result['predictions_dir'] = directory
+    result['note'] = (f'{corpus.name} {split} has no labels: no scores. The post-processed '
+                      f'predictions of its {len(processed)} recordings are in {directory}')
+  result['path'] = os.path.join(model.workdir, f'eval_{split}_step{model.step}.json')
+  files.write_json(result['path'], result)
+  return result

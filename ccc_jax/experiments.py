@@ -19,8 +19,12 @@ import json
 import os
 from typing import Any, Callable, Sequence
 
-import ml_collections
 import numpy as np
+
+from ccc_jax import files
+from ccc_jax import plots
+from ccc_jax import report
+from ccc_jax.config import RunConfig
 
 MODALITY_SETS = {
     'audio': ('audio', 'logmel'),
@@ -59,28 +63,21 @@ def grid_cells(grid: str, corpus_modalities: Sequence[str]) -> list[Cell]:
   return [Cell(*values) for values in itertools.product(axes['learning'], axes['loss'], available)]
 
 
-def cell_runs(cell: Cell, base: ml_collections.ConfigDict,
-              num_seeds: int) -> list[tuple[str, ml_collections.ConfigDict]]:
+def cell_runs(cell: Cell, base: RunConfig, num_seeds: int) -> list[tuple[str, RunConfig]]:
   """`(run name, config)` per training run of a cell: one for MTL, one per task for STL."""
-  def configured(tasks):
-    config = ml_collections.ConfigDict(base.to_dict())
-    config.loss = cell.loss
-    config.model.modalities = MODALITY_SETS[cell.modality]
-    config.tasks = tuple(tasks)
-    config.seeds = tuple(range(num_seeds))
-    return config
+  def configured(tasks, task_weights):
+    return base.replace(
+        loss=cell.loss, tasks=tuple(tasks), task_weights=task_weights,
+        seeds=tuple(range(num_seeds)),
+        model=dataclasses.replace(base.model, modalities=MODALITY_SETS[cell.modality]))
   if cell.learning == 'mtl':
-    return [('mtl', configured(base.tasks))]
-  runs = []
-  for task in base.tasks:
-    config = configured((task,))
-    config.task_weights = None  # one task: its weight is moot
-    runs.append((f'stl_{task}', config))
-  return runs
+    return [('mtl', configured(base.tasks, base.task_weights))]
+  # One task: its weight is moot.
+  return [(f'stl_{task}', configured((task,), None)) for task in base.tasks]
 
 
-def run_cell(cell: Cell, base, num_seeds: int, workdir: str,
-             train_fn: Callable[[ml_collections.ConfigDict, str], dict]) -> dict[str, Any]:
+def run_cell(cell: Cell, base: RunConfig, num_seeds: int, workdir: str,
+             train_fn: Callable[[RunConfig, str], dict]) -> dict[str, Any]:
   """Trains a cell's runs (resuming) and returns its per-task, per-seed dev CCC."""
   cell_dir = os.path.join(workdir, cell.name)
   result_file = os.path.join(cell_dir, 'result.json')
@@ -96,11 +93,7 @@ def run_cell(cell: Cell, base, num_seeds: int, workdir: str,
   average = np.mean([per_task[t] for t in tasks], axis=0)  # per seed, over tasks
   result = {'cell': dataclasses.asdict(cell), 'name': cell.name, 'seeds': num_seeds,
             'dev_ccc': {t: per_task[t] for t in tasks}, 'dev_ccc_average': average.tolist()}
-  os.makedirs(cell_dir, exist_ok=True)
-  temporary = result_file + '.tmp'
-  with open(temporary, 'w') as f:
-    json.dump(result, f, indent=2)
-  os.replace(temporary, result_file)  # a cell is done only when its result is complete
+  files.write_json(result_file, result)  # a cell is done only when its result is complete
   return result
 
 
@@ -110,62 +103,38 @@ def summarise(results: list[dict[str, Any]], tasks: Sequence[str]) -> str:
     return f'{np.mean(values):.3f} ± {np.std(values):.3f}'
   best = max(results, key=lambda r: np.mean(r['dev_ccc_average']))
   header = ['cell', 'learning', 'loss', 'modality'] + list(tasks) + ['average']
-  lines = ['| ' + ' | '.join(header) + ' |', '|' + '---|' * len(header)]
+  rows = []
   for r in results:
     row = [r['name'], r['cell']['learning'].upper(), r['cell']['loss'].upper(),
            r['cell']['modality']]
     row += [cell_text(r['dev_ccc'][t]) for t in tasks] + [cell_text(r['dev_ccc_average'])]
     if r is best:
       row = [f'**{value}**' for value in row]
-    lines.append('| ' + ' | '.join(row) + ' |')
+    rows.append(row)
   seeds = results[0]['seeds']
-  return '\n'.join(lines) + (
+  return report.markdown_table(header, rows) + (
       f'\n\nDev CCC (`ccc_concat`, whole recordings) at the last training step, mean ± std over '
       f'{seeds} seed(s). Best cell (highest average) in bold.\n')
 
 
-def plot(results: list[dict[str, Any]], tasks: Sequence[str], path: str) -> None:
-  """A grouped bar chart of dev CCC per cell and task, with the spread over seeds."""
-  import matplotlib  # pylint: disable=g-import-not-at-top
-  matplotlib.use('Agg')
-  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
-  columns = list(tasks) + ['average']
-  width = 0.8 / len(columns)
-  fig, ax = plt.subplots(figsize=(max(8, 0.9 * len(results)), 4.5))
-  x = np.arange(len(results))
-  for k, column in enumerate(columns):
-    values = [r['dev_ccc'][column] if column in tasks else r['dev_ccc_average'] for r in results]
-    ax.bar(x + k * width, [np.mean(v) for v in values], width, yerr=[np.std(v) for v in values],
-           label=column, capsize=2)
-  ax.set_xticks(x + width * (len(columns) - 1) / 2)
-  ax.set_xticklabels([r['name'] for r in results], rotation=45, ha='right', fontsize=8)
-  ax.set_ylabel('dev CCC')
-  ax.axhline(0, color='black', linewidth=0.5)
-  ax.legend(fontsize=8)
-  ax.set_title('Dev CCC per cell (mean ± std over seeds)')
-  fig.tight_layout()
-  fig.savefig(path, dpi=120)
-  plt.close(fig)
-
-
-def run_grid(base: ml_collections.ConfigDict, grid: str, num_seeds: int, workdir: str,
+def run_grid(base: RunConfig, grid: str, num_seeds: int, workdir: str,
              corpus_modalities: Sequence[str],
-             train_fn: Callable[[ml_collections.ConfigDict, str], dict],
+             train_fn: Callable[[RunConfig, str], dict],
              log: Callable[[str], None] = print) -> list[dict[str, Any]]:
   """Runs every cell (skipping finished ones) and writes results.{json,md,png} in `workdir`."""
   if num_seeds < 1:
     raise ValueError(f'seeds must be at least 1, got {num_seeds}')
   cells = grid_cells(grid, corpus_modalities)
-  os.makedirs(workdir, exist_ok=True)
+  files.make_dirs(workdir)
   results = []
   for i, cell in enumerate(cells):
     done = os.path.exists(os.path.join(workdir, cell.name, 'result.json'))
     log(f'[{i + 1}/{len(cells)}] {cell.name}' + (' (done, skipped)' if done else ''))
     results.append(run_cell(cell, base, num_seeds, workdir, train_fn))
   tasks = list(base.tasks)
-  with open(os.path.join(workdir, 'results.json'), 'w') as f:
-    json.dump({'grid': grid, 'seeds': num_seeds, 'tasks': tasks, 'cells': results}, f, indent=2)
-  with open(os.path.join(workdir, 'results.md'), 'w') as f:
+  files.write_json(os.path.join(workdir, 'results.json'),
+                   {'grid': grid, 'seeds': num_seeds, 'tasks': tasks, 'cells': results})
+  with files.atomic_write(os.path.join(workdir, 'results.md')) as f:
     f.write(summarise(results, tasks))
-  plot(results, tasks, os.path.join(workdir, 'results.png'))
+  plots.plot_grid(results, tasks, os.path.join(workdir, 'results.png'))
   return results

@@ -1,7 +1,7 @@
 """Frame-level features computed from raw signals, aligned to the 25 Hz label frames.
 
-Owns the log-mel front end (`log_mel`), reading motion-capture CSV files (`read_mocap_csv`) and
-turning marker positions into per-label-frame body features (`mocap_features`). Dataset
+Owns the log-mel front end (`log_mel`, and `log_mel_span` for a stretch of a long recording)
+and turning marker positions into per-label-frame body features (`mocap_features`). Dataset
 preparation and inference both call these functions, so a model sees identical features for a
 prepared window and for a new recording.
 
@@ -12,18 +12,15 @@ owns log-mel frames 4 i .. 4 i + 3 and nothing outside it decides their centres.
 
 from __future__ import annotations
 
-import io
-import os
-import re
-from typing import NamedTuple
+import math
 
 import librosa
 import numpy as np
 import scipy.fft
 import scipy.integrate
 
-from ccc_jax.audio_io import DataError
 from ccc_jax.audio_io import SAMPLE_RATE
+from ccc_jax.errors import DataError
 
 LABEL_RATE = 25
 SAMPLES_PER_FRAME = SAMPLE_RATE // LABEL_RATE  # 640
@@ -37,6 +34,9 @@ _LEFT_PAD = WIN_LENGTH // 2 - HOP_LENGTH // 2
 # Added to mel power before the log: about the level 16-bit quantisation noise reaches in one
 # mel band, so digital silence maps to a finite floor (log(1e-10) = -23) instead of -inf.
 LOG_FLOOR = 1e-10
+# Two signals of one recording (audio and its labels or mocap) may differ this much in length;
+# more means they are not the same recording.
+LENGTH_TOLERANCE_S = 1.0
 
 _MEL_FILTERS = librosa.filters.mel(sr=SAMPLE_RATE, n_fft=WIN_LENGTH, n_mels=NUM_MELS)
 _WINDOW = librosa.filters.get_window('hann', WIN_LENGTH, fftbins=True).astype(np.float32)
@@ -74,92 +74,22 @@ def log_mel(audio: np.ndarray, num_frames: int | None = None) -> np.ndarray:
   return np.log(mel + LOG_FLOOR).astype(np.float32)
 
 
-class MocapTake(NamedTuple):
-  """Marker positions read from a mocap CSV file.
+# Label frames of waveform on each side of a stretch of log-mel frames that decide their values:
+# a log-mel frame's 25 ms window reaches at most WIN_LENGTH samples from its label frame.
+_LOGMEL_MARGIN_FRAMES = math.ceil(WIN_LENGTH / SAMPLES_PER_FRAME)
 
-  Attributes:
-    positions: float32 `[frames, markers, 3]`; frame k is at time k / rate seconds; NaN where
-      a marker was not seen (and for frames missing from the file).
-    rate: frames per second, from the file's time column.
-    markers: marker names in column order.
+
+def log_mel_span(waveform: np.ndarray, begin: int, end: int) -> np.ndarray:
+  """`log_mel(waveform)` rows for label frames `[begin, end)`, from a slice of the waveform.
+
+  Each log-mel frame depends only on the samples under its window (zeros outside the waveform),
+  so computing it from the waveform plus a margin of `_LOGMEL_MARGIN_FRAMES` label frames on
+  each side gives the same values as computing it over the whole recording.
   """
-  positions: np.ndarray
-  rate: float
-  markers: tuple[str, ...]
-
-
-def read_mocap_csv(path: str | os.PathLike) -> MocapTake:
-  """Reads a mocap CSV with header `time,<marker>_x,<marker>_y,<marker>_z,...`.
-
-  Time is in seconds from the start of the recording (the audio's time zero). An empty field or
-  `NaN` is a marker not seen. Frames dropped from the file (a time step of a whole multiple of
-  the frame period) come back as NaN rows, so gap filling treats them like occlusions.
-
-  Raises:
-    DataError: missing file, wrong header, unparsable or non-numeric rows, a time column that
-      is not increasing or not on a regular grid; the message names the file.
-  """
-  path = os.fspath(path)
-  if not os.path.isfile(path):
-    raise DataError(f'{path}: mocap file not found')
-  with open(path, encoding='utf-8') as f:
-    text = f.read()
-  header, _, body = text.partition('\n')
-  columns = [name.strip() for name in header.strip().split(',')]
-  if len(columns) < 4 or columns[0] != 'time' or (len(columns) - 1) % 3:
-    raise DataError(f'{path}: mocap header must be "time,<marker>_x,<marker>_y,<marker>_z,..."; '
-                    f'got "{header.strip()[:80]}"')
-  markers = []
-  for index in range(1, len(columns), 3):
-    triple = columns[index: index + 3]
-    name = triple[0][:-2]
-    if not name or triple != [f'{name}_x', f'{name}_y', f'{name}_z']:
-      raise DataError(f'{path}: mocap header columns {index + 1}-{index + 3} must be '
-                      f'<marker>_x,<marker>_y,<marker>_z; got {",".join(triple)}')
-    markers.append(name)
-  # Empty fields mean "not seen"; numpy's fast parser needs them spelled out.
-  body = re.sub(r'(?<=,)(?=,|\r?\n|\r|$)', 'nan', body)
-  body = re.sub(r'^(?=,)', 'nan', body, flags=re.MULTILINE)
-  try:
-    table = np.loadtxt(io.StringIO(body), delimiter=',', dtype=np.float64, ndmin=2)
-  except ValueError as error:
-    raise DataError(f'{path}: mocap rows cannot be parsed ({error})') from error
-  if table.shape[0] < 2:
-    raise DataError(f'{path}: mocap file has fewer than two frames')
-  if table.shape[1] != len(columns):
-    raise DataError(f'{path}: rows have {table.shape[1]} columns, header has {len(columns)}')
-  times = table[:, 0]
-  if not np.all(np.isfinite(times)):
-    raise DataError(f'{path}: time column has empty or NaN values')
-  steps = np.diff(times)
-  if np.any(steps <= 0):
-    row = int(np.flatnonzero(steps <= 0)[0]) + 3  # 1-based file line of the offending row
-    raise DataError(f'{path}: time is not increasing at line {row}')
-  if times[0] < 0:
-    raise DataError(f'{path}: time starts at {times[0]} s; it must count from 0 (audio start)')
-  # Timestamps are rounded in files (0.01667 s at 60 Hz), so the median step is a little off
-  # and over 18000 frames that error adds up to several frames. Refine the period by a
-  # least-squares fit over a growing prefix, each short enough that the previous period still
-  # puts every row in its right slot.
-  rough_period = period = float(np.median(steps))
-  count = 64
-  while True:
-    count = min(count, len(times))
-    prefix = times[:count] - times[0]
-    slots = np.round(prefix / period)
-    if slots[-1] > 0:
-      period = float(np.polyfit(slots, prefix, 1)[0])
-    if count == len(times):
-      break
-    count *= 16
-  slots = np.round((times - times[0]) / period)
-  if np.max(np.abs((times - times[0]) / period - slots)) > 0.25:
-    raise DataError(f'{path}: time column is not on a regular grid (median step '
-                    f'{rough_period:.6f} s)')
-  slots = (slots + np.round(times[0] / period)).astype(np.int64)
-  positions = np.full((slots[-1] + 1, len(markers), 3), np.nan, dtype=np.float32)
-  positions[slots] = table[:, 1:].reshape(-1, len(markers), 3)
-  return MocapTake(positions=positions, rate=1.0 / period, markers=tuple(markers))
+  lead = min(begin, _LOGMEL_MARGIN_FRAMES)
+  first = begin - lead
+  piece = waveform[first * SAMPLES_PER_FRAME: (end + _LOGMEL_MARGIN_FRAMES) * SAMPLES_PER_FRAME]
+  return log_mel(piece, num_frames=end - first)[lead * LOGMEL_PER_FRAME:]
 
 
 def fill_marker_gaps(positions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -21,9 +21,8 @@ from typing import Any, Sequence
 import grain
 import numpy as np
 
-
-class CorpusError(ValueError):
-  """A prepared dataset is missing, incomplete, or lacks what the config asks for."""
+from ccc_jax.config import DatasetSpec, ModelInfo
+from ccc_jax.errors import CorpusError
 
 
 @dataclasses.dataclass(frozen=True)
@@ -71,6 +70,14 @@ class Corpus:
       dims[name] = int(value.shape[-1]) if name != 'audio' else value.shape[0] // self.window
     return dims
 
+  def model_info(self, tasks: Sequence[str]) -> ModelInfo:
+    """What a model trained on `tasks` of this corpus needs to know of it (saved with it)."""
+    self.task_indices(tasks)
+    return ModelInfo(tasks=tuple(tasks), input_dims=self.input_dims(), stats=self.stats,
+                     window=self.window, hop=int(self.metadata['hop']),
+                     sample_rate=int(self.metadata.get('sample_rate', 16000)),
+                     label_rate=int(self.metadata.get('label_rate', 25)), dataset=self.name)
+
   def task_indices(self, tasks: Sequence[str]) -> list[int]:
     missing = [t for t in tasks if t not in self.tasks]
     if missing:
@@ -78,23 +85,37 @@ class Corpus:
     return [self.tasks.index(t) for t in tasks]
 
 
-def open_corpus(name: str, data_dir: str) -> Corpus:
-  """Opens a dataset prepared by `python -m launch.prepare` (its builder need not be imported)."""
+def open_corpus(dataset: str, data_dir: str) -> Corpus:
+  """Opens a dataset prepared by `python -m launch.prepare --dataset=SPEC` (see `DatasetSpec`).
+
+  Raises:
+    CorpusError: it is not prepared there (the message gives the exact command that prepares
+      it), or its metadata is incomplete.
+  """
   import tensorflow_datasets as tfds  # heavy import: only where a dataset is read
+  spec = DatasetSpec.parse(dataset)
+  name = spec.tfds_name
   data_dir = os.fspath(data_dir)
+  if not os.path.isdir(data_dir):
+    problem = 'is a file, not a folder' if os.path.exists(data_dir) else 'does not exist'
+    raise CorpusError(f'data_dir {data_dir} {problem}; prepare the dataset there first: '
+                      f'python -m launch.prepare --dataset={spec} --data_dir={data_dir}')
+  prepare = f'python -m launch.prepare --dataset={spec} --data_dir={data_dir}'
+  if not os.path.isdir(os.path.join(data_dir, spec.dataset, spec.config_name)):
+    raise CorpusError(f'{spec} is not prepared under {data_dir}; prepare it first: {prepare}')
   try:
     builder = tfds.builder(name, data_dir=data_dir)
     sources = tfds.data_source(name, data_dir=data_dir)
-  except Exception as error:  # TFDS raises several types for "not there"
-    raise CorpusError(
-        f'no prepared dataset {name!r} under {data_dir!r} ({type(error).__name__}: {error}). '
-        f'Prepare it first: python -m launch.prepare --dataset={name.split("/")[0]} '
-        f'--data_dir={data_dir}') from None
+  except Exception as error:  # TFDS raises several types for "not there" and "damaged"
+    message = str(error).strip().split('\n')[0][:200]
+    raise CorpusError(f'{spec} under {data_dir} cannot be read ({type(error).__name__}: '
+                      f'{message}); prepare it again: {prepare}') from None
   metadata = dict(builder.info.metadata or {})
   required = ('tasks', 'modalities', 'window', 'hop', 'stats', 'recordings', 'labelled_splits')
   missing = [key for key in required if key not in metadata]
   if missing:
-    raise CorpusError(f'{name} under {data_dir} lacks metadata {missing}: prepare it again')
+    raise CorpusError(f'{name} under {data_dir} lacks metadata {missing}: prepare it again: '
+                      f'{prepare}')
   return Corpus(name=name, data_dir=data_dir, metadata=metadata, sources=dict(sources))
 
 

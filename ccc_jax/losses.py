@@ -18,7 +18,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-LOSS_KINDS = ('ccc', 'pcc', 'mse')
+from ccc_jax.config import LOSSES as LOSS_KINDS
 
 # Keeps the losses and their gradients finite when a prediction or a target is constant
 # (all second moments zero). Small against any real variance of unit-scale traces.

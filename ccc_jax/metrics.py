@@ -55,6 +55,52 @@ def pearson_cc(truth, prediction) -> float:
   return float(np.mean(dt * dp) / denominator)
 
 
+def merge_moments(n_a, mean_a, m2_a, n_b, mean_b, m2_b):
+  """Count, mean and centred sum of squares of two blocks merged (Chan et al.): `(n, mean, m2)`.
+
+  Exact, and free of the cancellation of the one-pass `E[x^2] - E[x]^2` form, for any split of
+  the data into blocks. Works element-wise on arrays (per task or per feature dimension).
+  """
+  n = n_a + n_b
+  safe = np.maximum(n, 1)
+  delta = mean_b - mean_a
+  return n, mean_a + delta * n_b / safe, m2_a + m2_b + delta * delta * n_a * n_b / safe
+
+
+class RunningMoments:
+  """Per-dimension mean and population standard deviation over many blocks of rows, in float64.
+
+  Each block is centred on its own mean before squaring and merged with `merge_moments`.
+  """
+
+  def __init__(self):
+    self.count, self.mean, self.m2 = 0, 0.0, 0.0
+
+  def add(self, values) -> None:
+    """Adds the rows of `values` (`[n, dim]`, or `[n]` for a scalar statistic)."""
+    values = np.asarray(values, dtype=np.float64)
+    if values.shape[0] == 0:
+      return
+    mean = values.mean(axis=0)
+    m2 = ((values - mean) ** 2).sum(axis=0)
+    self.count, self.mean, self.m2 = merge_moments(self.count, self.mean, self.m2,
+                                                   values.shape[0], mean, m2)
+
+  @property
+  def std(self) -> np.ndarray:
+    return np.sqrt(self.m2 / max(self.count, 1))
+
+
+def concordance_cc_per_column(truth, prediction) -> np.ndarray:
+  """Population CCC of each column of two `[frames, columns]` arrays (NaN where undefined)."""
+  truth = np.asarray(truth, dtype=np.float64)
+  prediction = np.asarray(prediction, dtype=np.float64)
+  if truth.shape != prediction.shape or truth.ndim != 2:
+    raise ValueError(f'truth {truth.shape} and prediction {prediction.shape} must both be '
+                     '[frames, columns]')
+  return _Stats.of(truth, prediction, np.ones(truth.shape, bool)).ccc()
+
+
 @dataclasses.dataclass
 class _Stats:
   """Running count, means, centred sums of squares and co-moment, and squared error (per task)."""
@@ -85,19 +131,15 @@ class _Stats:
 
   def merge(self, other: '_Stats') -> '_Stats':
     """Chan et al.'s pairwise combination: exact, and stable for any chunking."""
-    n = self.n + other.n
-    safe = np.maximum(n, 1)
-    d_t = other.mean_t - self.mean_t
-    d_p = other.mean_p - self.mean_p
-    w = self.n * other.n / safe
-    return _Stats(
-        n=n,
-        mean_t=self.mean_t + d_t * other.n / safe,
-        mean_p=self.mean_p + d_p * other.n / safe,
-        m2_t=self.m2_t + other.m2_t + d_t * d_t * w,
-        m2_p=self.m2_p + other.m2_p + d_p * d_p * w,
-        c_tp=self.c_tp + other.c_tp + d_t * d_p * w,
-        sse=self.sse + other.sse)
+    n, mean_t, m2_t = merge_moments(self.n, self.mean_t, self.m2_t, other.n, other.mean_t,
+                                    other.m2_t)
+    _, mean_p, m2_p = merge_moments(self.n, self.mean_p, self.m2_p, other.n, other.mean_p,
+                                    other.m2_p)
+    weight = self.n * other.n / np.maximum(n, 1)
+    c_tp = (self.c_tp + other.c_tp
+            + (other.mean_t - self.mean_t) * (other.mean_p - self.mean_p) * weight)
+    return _Stats(n=n, mean_t=mean_t, mean_p=mean_p, m2_t=m2_t, m2_p=m2_p, c_tp=c_tp,
+                  sse=self.sse + other.sse)
 
   def ccc(self) -> np.ndarray:
     with np.errstate(invalid='ignore', divide='ignore'):

@@ -1,8 +1,9 @@
 """Post-processing of predicted traces: delay shift, smoothing, scale and bias, tuned on dev.
 
-Owns the evaluation convention of the field (see shared/notes/ccc_conventions.md): each step is
-tuned on the dev split and kept only if it raises the dev CCC, then applied unchanged to test and
-at inference. Steps, in the order they are tuned and applied, per task:
+Owns the evaluation convention of the field (AVEC 2016/2018, MuSe): each step is tuned on the dev
+split and kept only if it raises the dev CCC, then applied unchanged to test and at inference;
+and the file that keeps the tuned steps per checkpoint, `<workdir>/postprocess.json` (`save`,
+`load`, `describe`). Steps, in the order they are tuned and applied, per task:
 
 1. delay: the prediction is moved `delay_frames` label frames later (annotations lag the signal
    by the raters' reaction time, so a model that follows the signal leads the gold standard);
@@ -21,12 +22,21 @@ dict in JSON (`to_json`/`from_json`), saved next to the checkpoint.
 from __future__ import annotations
 
 import dataclasses
+import json
+import os
 from typing import Any, Iterable, Sequence
 
 import numpy as np
 from scipy import ndimage
 
+from ccc_jax import files
+from ccc_jax.errors import CheckpointError
+from ccc_jax.features import LABEL_RATE
 from ccc_jax.metrics import concordance_cc
+
+FILE_NAME = 'postprocess.json'
+# Post-processing is tuned on this split and applied unchanged to every other one.
+TUNING_SPLIT = 'dev'
 
 SMOOTHING_KINDS = ('median', 'mean')
 STEPS = ('delay', 'smoothing', 'scale', 'bias')
@@ -338,3 +348,68 @@ def tune(dev_recordings: Iterable[tuple[np.ndarray, np.ndarray]],
                                  dev_ccc_after=reported(best[k]))
        for k, (task, steps) in enumerate(zip(tasks, current))},
       metric)
+
+
+# ---------------------------------------------------------------------------------------------
+# The post-processing file of a workdir: one entry per checkpoint step.
+
+
+def path(workdir: str) -> str:
+  return os.path.join(os.path.abspath(workdir), FILE_NAME)
+
+
+def _read_file(file_path: str) -> dict[str, Any]:
+  try:
+    with open(file_path) as f:
+      data = json.load(f)
+  except (json.JSONDecodeError, UnicodeDecodeError) as error:
+    raise CheckpointError(f'{file_path}: not valid JSON ({error}); delete it and run '
+                          'python -m launch.evaluate --split=dev again') from None
+  if not isinstance(data, dict) or not isinstance(data.get('steps'), dict):
+    raise CheckpointError(f'{file_path}: expected {{"steps": {{STEP: ...}}}}; delete it and run '
+                          'python -m launch.evaluate --split=dev again')
+  return data
+
+
+def save(workdir: str, step: int, postprocessing: PostProcessing, details: dict[str, Any]) -> str:
+  """Records `postprocessing` as the one tuned for checkpoint `step`; returns the file's path.
+
+  Entries of other steps in the file are kept. The file is replaced atomically.
+  """
+  file_path = path(workdir)
+  data = _read_file(file_path) if os.path.exists(file_path) else {'steps': {}}
+  data['steps'][str(int(step))] = {'step': int(step), **details,
+                                   'postprocessing': postprocessing.to_json()}
+  files.write_json(file_path, data)
+  return file_path
+
+
+def load(workdir: str, step: int) -> PostProcessing | None:
+  """The post-processing tuned on dev for checkpoint `step`, or None if none was tuned."""
+  file_path = path(workdir)
+  if not os.path.exists(file_path):
+    return None
+  entry = _read_file(file_path)['steps'].get(str(int(step)))
+  if entry is None:
+    return None
+  try:
+    return PostProcessing.from_json(entry['postprocessing'])
+  except (KeyError, TypeError, ValueError) as error:
+    raise CheckpointError(f'{file_path}: the entry for step {step} is invalid ({error})') from None
+
+
+def describe(postprocessing: PostProcessing, label_rate: int = LABEL_RATE) -> str:
+  """One line per task saying which steps are kept, e.g. `delay 1.60 s (40 frames)`."""
+  lines = []
+  for task, steps in postprocessing.per_task.items():
+    kept = []
+    if steps.delay_frames:
+      kept.append(f'delay {steps.delay_frames / label_rate:.2f} s ({steps.delay_frames} frames)')
+    if steps.smoothing is not None:
+      kept.append(f'{steps.smoothing} smoothing over {steps.smoothing_window} frames')
+    if steps.scale != 1.0:
+      kept.append(f'scale {steps.scale:.3f} about {steps.center:.3f}')
+    if steps.bias != 0.0:
+      kept.append(f'bias {steps.bias:+.3f}')
+    lines.append(f'- {task}: {", ".join(kept) if kept else "nothing (no step raised dev CCC)"}')
+  return '\n'.join(lines)

@@ -1,16 +1,22 @@
-"""Metric tables as markdown (for the terminal, results files and notes)."""
+"""Markdown tables: the one writer behind every table ccc-jax prints or saves."""
 
 from __future__ import annotations
 
 from typing import Any, Sequence
 
-COLUMNS = ('ccc_concat', 'ccc_seq_mean', 'pcc', 'rmse')
+METRIC_COLUMNS = ('ccc_concat', 'ccc_seq_mean', 'pcc', 'rmse')
 
 
-def markdown_table(table: dict[str, Any], tasks: Sequence[str],
-                   columns: Sequence[str] = COLUMNS) -> str:
-  """One row per task plus the mean; `table` as produced by StreamingMetrics.compute."""
-  lines = ['| task | ' + ' | '.join(columns) + ' |', '|---' * (len(columns) + 1) + '|']
-  for row in list(tasks) + ['mean']:
-    lines.append(f'| {row} | ' + ' | '.join(f'{table[row][c]:.4f}' for c in columns) + ' |')
+def markdown_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+  """A markdown table; cells are written with `str`."""
+  lines = ['| ' + ' | '.join(header) + ' |', '|' + '---|' * len(header)]
+  lines += ['| ' + ' | '.join(str(cell) for cell in row) + ' |' for row in rows]
   return '\n'.join(lines)
+
+
+def metric_table(table: dict[str, Any], tasks: Sequence[str],
+                 columns: Sequence[str] = METRIC_COLUMNS) -> str:
+  """One row per task plus the mean, four decimals; `table` as `StreamingMetrics.compute` gives."""
+  return markdown_table(['task', *columns],
+                        [[row, *(f'{table[row][c]:.4f}' for c in columns)]
+                         for row in list(tasks) + ['mean']])

@@ -10,8 +10,9 @@ explicit collectives over `DATA_AXIS`) runs in one of two ways:
   device axis; the batch is reshaped to `[local_devices, per_device, ...]`. Since JAX 0.8 pmap is
   itself implemented on shard_map, so both run the same per-device program.
 
-Everything else (trainer, evaluation, experiment grid) goes through `DataParallel` and never
-builds a sharding itself.
+Evaluation and inference run on one device, `single_device()`. Everything else (trainer,
+checkpoint restore, evaluation, experiment grid) takes its shardings from here and never builds
+one itself.
 """
 
 from __future__ import annotations
@@ -22,16 +23,22 @@ from typing import Any, Callable
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P, SingleDeviceSharding
+
+from ccc_jax.config import PARALLEL_MODES
 
 DATA_AXIS = 'data'
-PARALLEL_MODES = ('shard_map', 'pmap')
 
 
 def make_mesh(devices=None) -> Mesh:
   """A 1-D data-parallel mesh over `devices` (all devices of all processes by default)."""
   devices = jax.devices() if devices is None else list(devices)
   return Mesh(np.asarray(devices), (DATA_AXIS,))
+
+
+def single_device() -> SingleDeviceSharding:
+  """This process's first device: where evaluation and inference run."""
+  return SingleDeviceSharding(jax.local_devices()[0])
 
 
 @dataclasses.dataclass(frozen=True)
@@ -58,6 +65,11 @@ class DataParallel:
                        'devices of the mesh')
 
   # State: replicated.
+  @property
+  def replicated(self) -> NamedSharding:
+    """The sharding of state as `shard_map` mode holds it (and as checkpoints restore it)."""
+    return NamedSharding(self.mesh, P())
+
   def put_state(self, state: Any) -> Any:
     """Replicates a host or single-device pytree on every device of the mesh."""
     if self.mode == 'pmap':
@@ -65,7 +77,7 @@ class DataParallel:
       stacked = NamedSharding(Mesh(np.asarray(devices), ('local',)), P('local'))
       return jax.tree.map(
           lambda x: jax.device_put(jnp.stack([jnp.asarray(x)] * len(devices)), stacked), state)
-    return jax.device_put(state, NamedSharding(self.mesh, P()))
+    return jax.device_put(state, self.replicated)
 
   def get_state(self, state: Any) -> Any:
     """The state as plain (replicated) arrays without a device axis, for saving or inference."""

@@ -13,7 +13,6 @@ its own initialisation and data order). Stacked parameters are what checkpoints 
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import json
 import math
@@ -25,20 +24,18 @@ from flax import nnx
 from flax import struct
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import optax
 
 from ccc_jax import checkpoints
 from ccc_jax import evaluation
+from ccc_jax import files
 from ccc_jax import input_pipeline
 from ccc_jax import losses
 from ccc_jax import models
 from ccc_jax import sharding
-
-
-class TrainingDiverged(RuntimeError):
-  """The loss became NaN or Inf; the last good checkpoint is left as it was."""
+from ccc_jax.config import ModelConfig, ModelInfo, OptimizerConfig, RunConfig, leaf_differences
+from ccc_jax.errors import CheckpointError, TrainingDiverged
 
 
 class TrainState(struct.PyTreeNode):
@@ -47,51 +44,7 @@ class TrainState(struct.PyTreeNode):
   opt_state: Any
 
 
-@dataclasses.dataclass(frozen=True)
-class ModelInfo:
-  """What inference needs besides the parameters: saved with every checkpoint."""
-  tasks: tuple[str, ...]
-  input_dims: dict[str, int]
-  stats: dict[str, Any]
-  window: int
-  hop: int
-  sample_rate: int
-  label_rate: int
-  dataset: str
-
-  @classmethod
-  def from_corpus(cls, corpus: input_pipeline.Corpus, tasks) -> 'ModelInfo':
-    meta = corpus.metadata
-    return cls(tasks=tuple(tasks), input_dims=corpus.input_dims(), stats=corpus.stats,
-               window=corpus.window, hop=int(meta['hop']),
-               sample_rate=int(meta.get('sample_rate', 16000)),
-               label_rate=int(meta.get('label_rate', 25)), dataset=corpus.name)
-
-  def to_json(self) -> dict[str, Any]:
-    return dataclasses.asdict(self)
-
-  @classmethod
-  def from_json(cls, data: dict[str, Any]) -> 'ModelInfo':
-    data = dict(data)
-    data['tasks'] = tuple(data['tasks'])
-    return cls(**data)
-
-
-def _new_model(model_config, info: ModelInfo, seed) -> models.AVDNet:
-  return models.AVDNet(model_config, num_tasks=len(info.tasks), input_dims=info.input_dims,
-                       rngs=nnx.Rngs(seed))
-
-
-def abstract_model(model_config, info: ModelInfo) -> tuple[Any, Any]:
-  """`(graphdef, params)` with shapes and dtypes only (no computation): for restoring."""
-  graphdef, params, rest = nnx.split(
-      nnx.eval_shape(lambda: _new_model(model_config, info, 0)), nnx.Param, ...)
-  if jax.tree.leaves(rest):
-    raise TypeError('the model holds non-parameter state; the functional train step needs none')
-  return graphdef, params
-
-
-def init_params(model_config, info: ModelInfo, seeds) -> tuple[Any, Any]:
+def init_params(model_config: ModelConfig, info: ModelInfo, seeds) -> tuple[Any, Any]:
   """Graph definition and parameters stacked over `seeds` (leading axis).
 
   Each seed is initialised by one compiled program (eager initialisation compiles op by op and
@@ -99,35 +52,31 @@ def init_params(model_config, info: ModelInfo, seeds) -> tuple[Any, Any]:
   `vmap` over seeds: with the default model and two or more seeds, the vmapped initialisation
   never finished on XLA:CPU (jax 0.10.2; every thread waiting, no CPU used).
   """
-  graphdef, _ = abstract_model(model_config, info)
-  init = _compiled_init(model_config.to_json(), json.dumps(info.input_dims, sort_keys=True),
-                        len(info.tasks))
+  graphdef, _ = checkpoints.abstract_model(model_config, info)
+  init = _compiled_init(model_config, info.input_dims_key, len(info.tasks))
   per_seed = [init(jnp.asarray(seed, jnp.uint32)) for seed in seeds]
   return graphdef, jax.tree.map(lambda *xs: jnp.stack(xs), *per_seed)
 
 
 @functools.lru_cache(maxsize=16)
-def _compiled_init(model_config_json: str, input_dims_json: str, num_tasks: int):
-  model_config = ml_collections.ConfigDict(json.loads(model_config_json))
-  input_dims = json.loads(input_dims_json)
-
+def _compiled_init(model_config: ModelConfig, input_dims: tuple[tuple[str, int], ...],
+                   num_tasks: int):
   @jax.jit
   def init(seed):
-    model = models.AVDNet(model_config, num_tasks=num_tasks, input_dims=input_dims,
+    model = models.AVDNet(model_config, num_tasks=num_tasks, input_dims=dict(input_dims),
                           rngs=nnx.Rngs(jax.random.key(seed)))
     return nnx.split(model, nnx.Param, ...)[1]
   return init
 
 
-def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
-  """AdamW with linear warm-up and cosine decay, after global-norm gradient clipping."""
-  opt = config.optimizer
+def make_optimizer(optimizer: OptimizerConfig, num_steps: int) -> optax.GradientTransformation:
+  """AdamW with linear warm-up and cosine decay over `num_steps`, after global-norm clipping."""
   schedule = optax.warmup_cosine_decay_schedule(
-      init_value=0.0, peak_value=opt.learning_rate, warmup_steps=opt.warmup_steps,
-      decay_steps=max(config.num_steps, opt.warmup_steps + 1),
-      end_value=opt.learning_rate * opt.end_learning_rate_fraction)
-  return optax.chain(optax.clip_by_global_norm(opt.clip_norm),
-                     optax.adamw(schedule, weight_decay=opt.weight_decay))
+      init_value=0.0, peak_value=optimizer.learning_rate, warmup_steps=optimizer.warmup_steps,
+      decay_steps=max(num_steps, optimizer.warmup_steps + 1),
+      end_value=optimizer.learning_rate * optimizer.end_learning_rate_fraction)
+  return optax.chain(optax.clip_by_global_norm(optimizer.clip_norm),
+                     optax.adamw(schedule, weight_decay=optimizer.weight_decay))
 
 
 def apply_model(graphdef, params, inputs):
@@ -140,8 +89,6 @@ def make_per_device_step(graphdef, optimizer: optax.GradientTransformation, loss
 
   `state` holds stacked seeds; `batch` arrays are `[seeds, per_device_batch, ...]`.
   """
-  if loss_kind not in losses.LOSS_KINDS:
-    raise ValueError(f'unknown loss {loss_kind!r}; expected one of {losses.LOSS_KINDS}')
 
   def one_seed(state: TrainState, batch):
     def objective(params):
@@ -161,32 +108,30 @@ def make_per_device_step(graphdef, optimizer: optax.GradientTransformation, loss
   return jax.vmap(one_seed)
 
 
-def compiled_train_step(graphdef, config, parallel: sharding.DataParallel) -> Callable:
+def compiled_train_step(graphdef, config: RunConfig, parallel: sharding.DataParallel) -> Callable:
   """The data-parallel train step `(state, batch) -> (state, metrics)`, donating the state.
 
-  Cached: the runs of an experiment grid (and of a test session) that share a model, optimiser
-  and loss share one compiled program instead of compiling it per run.
+  Cached on the parts of the run record it depends on: the runs of an experiment grid (and of a
+  test session) that share a model, optimiser and loss share one compiled program.
   """
-  weights = None if config.task_weights is None else tuple(config.task_weights)
-  return _compiled_train_step(graphdef, config.optimizer.to_json(), config.num_steps,
-                              config.loss, weights, parallel)
+  return _compiled_train_step(graphdef, config.optimizer, config.num_steps, config.loss,
+                              config.task_weights, parallel)
 
 
 @functools.lru_cache(maxsize=8)
-def _compiled_train_step(graphdef, optimizer_json: str, num_steps: int, loss_kind: str,
+def _compiled_train_step(graphdef, optimizer: OptimizerConfig, num_steps: int, loss_kind: str,
                          task_weights, parallel: sharding.DataParallel) -> Callable:
-  optimizer = make_optimizer(ml_collections.ConfigDict(
-      {'optimizer': json.loads(optimizer_json), 'num_steps': num_steps}))
-  return parallel.run(make_per_device_step(graphdef, optimizer, loss_kind, task_weights),
-                      batch_axis=1, donate_argnums=(0,))
+  return parallel.run(
+      make_per_device_step(graphdef, make_optimizer(optimizer, num_steps), loss_kind,
+                           task_weights),
+      batch_axis=1, donate_argnums=(0,))
 
 
-def create_state(config, info: ModelInfo) -> tuple[Any, TrainState, optax.GradientTransformation]:
+def create_state(config: RunConfig, info: ModelInfo) -> tuple[Any, TrainState]:
   graphdef, params = init_params(config.model, info, config.seeds)
-  optimizer = make_optimizer(config)
-  opt_state = jax.jit(jax.vmap(optimizer.init))(params)
+  opt_state = jax.jit(jax.vmap(make_optimizer(config.optimizer, config.num_steps).init))(params)
   step = jnp.zeros((len(config.seeds),), jnp.int32)
-  return graphdef, TrainState(step=step, params=params, opt_state=opt_state), optimizer
+  return graphdef, TrainState(step=step, params=params, opt_state=opt_state)
 
 
 def seed_iterators(config, corpus: input_pipeline.Corpus) -> input_pipeline.SeedIterators:
@@ -201,19 +146,24 @@ def seed_iterators(config, corpus: input_pipeline.Corpus) -> input_pipeline.Seed
   return input_pipeline.SeedIterators(iterators)
 
 
-# Keys that may change between a run and its resumption (they do not change what is computed).
+# Fields that may change between a run and its resumption (they do not change what is computed).
+# `data_dir` may move: the dataset is checked by identity (`ModelInfo`), not by path.
 RESUMABLE_CHANGES = ('num_steps', 'log_every', 'eval_every', 'checkpoint_every', 'data_workers',
-                     'prefetch', 'eval_batch')
+                     'prefetch', 'eval_batch', 'data_dir')
 
 
-def _check_same_run(saved: dict, config: ml_collections.ConfigDict, workdir: str) -> None:
-  current = json.loads(config.to_json())
-  differing = sorted(k for k in set(saved) | set(current)
-                     if k not in RESUMABLE_CHANGES and saved.get(k) != current.get(k))
+def _check_same_run(saved: dict, config: RunConfig, info: ModelInfo, workdir: str) -> None:
+  differing = leaf_differences(saved['config'], config.to_json(), ignore=RESUMABLE_CHANGES)
   if differing:
-    details = '; '.join(f'{k}: {saved.get(k)!r} -> {current.get(k)!r}' for k in differing)
-    raise ValueError(f'{workdir} holds a run with another config ({details}); use a new workdir '
-                     'or the saved config')
+    raise CheckpointError(f'{workdir} holds a run with another config ({"; ".join(differing)}); '
+                          'use a new workdir or the saved config')
+  saved_info = ModelInfo.from_json(saved['model_info'])
+  if saved_info != info:
+    changed = leaf_differences(saved_info.to_json(), info.to_json())
+    raise CheckpointError(
+        f'{workdir} was trained on another prepared dataset than {config.dataset} under '
+        f'{config.data_dir} ({len(changed)} differences, first: {changed[0]}); point '
+        '--config.data_dir at the dataset it was trained on, or use a new workdir')
 
 
 class _MetricWriter:
@@ -246,32 +196,30 @@ def _log(message: str) -> None:
     print(message, flush=True)
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
+def train_and_evaluate(config: RunConfig, workdir: str,
                        corpus: input_pipeline.Corpus | None = None) -> dict[str, Any]:
   """Trains (resuming from the workdir's latest checkpoint if any), evaluates on dev, saves.
 
   Returns the final summary: step, seconds, steps per second, the last and best dev tables.
   """
-  os.makedirs(workdir, exist_ok=True)
+  files.make_dirs(workdir)
   corpus = corpus or input_pipeline.open_corpus(config.dataset, config.data_dir)
-  tasks = tuple(config.tasks)
-  corpus.task_indices(tasks)  # unknown task names fail here, with the corpus's task list
-  info = ModelInfo.from_corpus(corpus, tasks)
+  tasks = config.tasks
+  info = corpus.model_info(tasks)  # unknown task names fail here, with the corpus's task list
   parallel = sharding.DataParallel(sharding.make_mesh(), config.parallel)
   parallel.check_batch_size(config.global_batch)
 
-  graphdef, state, _ = create_state(config, info)
+  graphdef, state = create_state(config, info)
   iterators = seed_iterators(config, corpus)
   store = checkpoints.Checkpoints(workdir)
   best_score = -math.inf
   latest = store.latest_step()
   if latest is not None:
-    saved = store.restore_run_info(latest)
-    _check_same_run(saved['config'], config, workdir)
-    state = store.restore_training(latest, state, iterators, parallel.mesh)
+    _check_same_run(store.restore_run_info(latest), config, info, workdir)
+    state = store.restore_training(latest, state, iterators, parallel.replicated, config, info)
     best_score = store.best_score()
     _log(f'resumed from {workdir} at step {latest}')
-  run_info = {'config': json.loads(config.to_json()), 'model_info': info.to_json()}
+  run_info = {'config': config.to_json(), 'model_info': info.to_json()}
 
   state = parallel.put_state(state)
   step_fn = compiled_train_step(graphdef, config, parallel)
@@ -327,8 +275,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
       'dev': last_eval, 'best_dev_ccc': best_score, 'tasks': list(tasks),
       'seeds': list(config.seeds)}
   if jax.process_index() == 0:
-    with open(os.path.join(workdir, 'summary.json'), 'w') as f:
-      json.dump(summary, f, indent=2)
+    files.write_json(os.path.join(workdir, 'summary.json'), summary)
   return summary
 
 
@@ -354,17 +301,19 @@ def _check_finite(pending) -> dict[str, float]:
   return values
 
 
-def evaluate_dev(config, graphdef, params, corpus, tasks) -> dict[str, Any]:
-  """Dev metrics per seed and their mean over seeds: `{task: {...}, 'mean': {...}, 'seeds': [...]}`."""
+def evaluate_dev(config: RunConfig, graphdef, params, corpus, tasks) -> dict[str, Any]:
+  """The dev table of `evaluation.score_split`: the seeds' ensemble at the top level (what the
+  best checkpoint is chosen by), each seed under `seeds`, their mean under `seed_mean`."""
   predictions = evaluation.predict_split(graphdef, params, corpus, 'dev', config.model.modalities,
                                          tasks, batch_size=config.eval_batch)
-  return evaluation.score_seeds(predictions, tasks)
+  return evaluation.score_split(predictions, tasks)
 
 
 def _flatten(table: dict[str, Any]) -> dict[str, float]:
+  """The ensemble's rows of a dev table as `row/column` scalars (for the metric writers)."""
   flat = {}
   for row, columns in table.items():
-    if isinstance(columns, dict):
+    if isinstance(columns, dict) and row != 'seed_mean':
       flat.update({f'{row}/{name}': value for name, value in columns.items()})
   return flat
 

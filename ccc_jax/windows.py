@@ -47,6 +47,37 @@ def frame_mask(num_frames: int, start: int, window: int) -> np.ndarray:
   return (np.arange(start, start + window) < num_frames).astype(np.float32)
 
 
+class OverlapAverage:
+  """Windowed values put back into one trace, averaging where windows overlap, window by window.
+
+  `add(start, value)` takes one window's `[T, ...]` values (frames past the recording's end are
+  dropped); `result()` gives the `[num_frames, ...]` trace. Sums are float64, so the order in
+  which windows arrive does not change the result beyond rounding. Holds one trace, never all
+  the windows: a long recording is reassembled batch by batch in bounded memory.
+  """
+
+  def __init__(self, num_frames: int, trailing_shape: tuple[int, ...] = ()):
+    self.num_frames = num_frames
+    self.total = np.zeros((num_frames,) + tuple(trailing_shape), np.float64)
+    self.count = np.zeros((num_frames,), np.int64)
+
+  def add(self, start: int, value: np.ndarray) -> None:
+    start = int(start)
+    end = min(start + value.shape[0], self.num_frames)
+    if end > start:
+      self.total[start:end] += value[:end - start]
+      self.count[start:end] += 1
+
+  def result(self, dtype=np.float32) -> np.ndarray:
+    """The averaged trace; an uncovered frame is an error, never a silent zero."""
+    if np.any(self.count == 0):
+      missing = np.flatnonzero(self.count == 0)
+      raise ValueError(f'frames {missing[:5].tolist()}... of {self.num_frames} are covered by '
+                       'no window')
+    count = self.count.reshape((self.num_frames,) + (1,) * (self.total.ndim - 1))
+    return (self.total / count).astype(dtype)
+
+
 def reassemble(starts: np.ndarray, values: np.ndarray, num_frames: int) -> np.ndarray:
   """Averages overlapping windowed values `[N, T, ...]` back into one `[num_frames, ...]` trace.
 
@@ -57,17 +88,7 @@ def reassemble(starts: np.ndarray, values: np.ndarray, num_frames: int) -> np.nd
   starts = np.asarray(starts)
   if values.shape[0] != starts.shape[0]:
     raise ValueError(f'{starts.shape[0]} starts but {values.shape[0]} windows')
-  window = values.shape[1]
-  total = np.zeros((num_frames,) + values.shape[2:], dtype=np.float64)
-  count = np.zeros((num_frames,), dtype=np.int64)
+  average = OverlapAverage(num_frames, values.shape[2:])
   for start, value in zip(starts, values):
-    end = min(int(start) + window, num_frames)
-    if end <= start:
-      continue
-    total[start:end] += value[: end - start]
-    count[start:end] += 1
-  if np.any(count == 0):
-    missing = np.flatnonzero(count == 0)
-    raise ValueError(f'frames {missing[:5].tolist()}... of {num_frames} are covered by no window')
-  count = count.reshape((num_frames,) + (1,) * (values.ndim - 2))
-  return (total / count).astype(values.dtype)
+    average.add(start, value)
+  return average.result(values.dtype)

@@ -22,8 +22,9 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from ccc_jax import features
+from ccc_jax import metrics
 from ccc_jax import windows
-from ccc_jax.audio_io import DataError
+from ccc_jax.errors import DataError
 from tensorflow_datasets.core import shuffle as tfds_shuffle
 
 # TFDS shuffles a split in memory up to MAX_MEM_BUFFER_SIZE (1 GB) and spills the rest to disk
@@ -33,10 +34,7 @@ tfds_shuffle.MAX_MEM_BUFFER_SIZE = max(
     tfds_shuffle.MAX_MEM_BUFFER_SIZE,
     os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') // 2)
 
-# A prepared label file may run a little longer or shorter than its audio (RECOLA's gold
-# standard has a row at t = 300.00 s for 300 s of audio); beyond this it is a different length.
-LENGTH_TOLERANCE_S = 1.0
-LENGTH_TOLERANCE_FRAMES = int(LENGTH_TOLERANCE_S * features.LABEL_RATE)
+LENGTH_TOLERANCE_FRAMES = int(features.LENGTH_TOLERANCE_S * features.LABEL_RATE)
 
 # Default window: 100 label frames (4 s), hop 50 (2 s). 4 s spans the usual 2-4 s annotation
 # delay, so most labels in a window have their cause inside it; a 50 % overlap puts every frame
@@ -77,40 +75,10 @@ class Recording:
   frame_features: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
 
 
-class RunningStats:
-  """Per-dimension mean and std over many arrays, merged exactly (Chan et al.) in float64.
-
-  Each added block is centred on its own mean before squaring, avoiding the cancellation of
-  the one-pass E[x^2] - E[x]^2 form.
-  """
-
-  def __init__(self):
-    self.count = 0
-    self.mean = None
-    self.m2 = None
-
-  def add(self, values: np.ndarray) -> None:
-    """Adds rows of `values` ([n, dim], or [n] for a scalar statistic)."""
-    values = np.asarray(values, dtype=np.float64)
-    if values.shape[0] == 0:
-      return
-    count = values.shape[0]
-    mean = values.mean(axis=0)
-    m2 = ((values - mean) ** 2).sum(axis=0)
-    if self.count == 0:
-      self.count, self.mean, self.m2 = count, mean, m2
-      return
-    total = self.count + count
-    delta = mean - self.mean
-    self.mean = self.mean + delta * count / total
-    self.m2 = self.m2 + m2 + delta ** 2 * self.count * count / total
-    self.count = total
-
-  def result(self) -> dict[str, Any]:
-    """{'mean': ..., 'std': ...} as JSON-ready floats (lists for vector statistics)."""
-    std = np.sqrt(self.m2 / self.count)
-    std = np.where(std < _MIN_STD, 1.0, std)
-    return {'mean': np.asarray(self.mean).tolist(), 'std': np.asarray(std).tolist()}
+def _stats_json(moments: metrics.RunningMoments) -> dict[str, Any]:
+  """{'mean': ..., 'std': ...} as JSON-ready floats (lists for vector statistics)."""
+  std = np.where(moments.std < _MIN_STD, 1.0, moments.std)
+  return {'mean': np.asarray(moments.mean).tolist(), 'std': np.asarray(std).tolist()}
 
 
 def require_finite(values: np.ndarray, path: str | os.PathLike, what: str) -> None:
@@ -131,7 +99,7 @@ def require_similar_length(path: str | os.PathLike, num_frames: int, audio_path:
         f'{os.fspath(path)}: {num_frames} frames ({num_frames / features.LABEL_RATE:.2f} s) but '
         f'its audio {audio_path} lasts {audio_frames} frames '
         f'({audio_frames / features.LABEL_RATE:.2f} s); they must agree within '
-        f'{LENGTH_TOLERANCE_S} s')
+        f'{features.LENGTH_TOLERANCE_S} s')
 
 
 def require_dir(path: str | os.PathLike, what: str) -> str:
@@ -239,7 +207,7 @@ class WindowedBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     config = self.builder_config
     window, hop = config.window, config.hop
     labelled = split in self.LABELLED_SPLITS
-    stats = {name: RunningStats() for name in self.info.metadata['modalities']}
+    stats = {name: metrics.RunningMoments() for name in self.info.metadata['modalities']}
     for index, source in enumerate(sources):
       recording = self._checked(self._load_recording(source), labelled)
       num_frames = recording.num_frames
@@ -274,7 +242,7 @@ class WindowedBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
           example[name] = windows.slice_window(values, start, window)
         yield f'{recording.recording_id}@{start}', example
     if split == 'train':
-      self.info.metadata['stats'] = {name: stat.result() for name, stat in stats.items()}
+      self.info.metadata['stats'] = {name: _stats_json(stat) for name, stat in stats.items()}
 
   def _checked(self, recording: Recording, labelled: bool) -> Recording:
     """Fits the audio to the frame count and checks shapes and values of a loaded recording."""

@@ -14,7 +14,7 @@ With several seeds, the tables score their ensemble (the mean of the seeds' pred
 one more table gives the mean over seeds of each seed's own scores.
 
 The dataset is the one the run trained on (saved with the checkpoint); `--data_dir` reads it
-from elsewhere. Exit status 1 with a message for a missing checkpoint, dataset or
+from elsewhere. Exit status 1 with one line for a missing checkpoint, dataset or
 post-processing.
 """
 
@@ -22,6 +22,7 @@ from absl import app
 from absl import flags
 
 from launch import cli
+from launch import text
 
 _WORKDIR = flags.DEFINE_string('workdir', None, 'The training run\'s workdir.', required=True)
 _SPLIT = flags.DEFINE_enum('split', None, ['dev', 'test'],
@@ -35,13 +36,11 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
   cli.quiet_logging()
-  from ccc_jax import inference  # pylint: disable=g-import-not-at-top
-  try:
-    result = inference.evaluate_split(_WORKDIR.value, _SPLIT.value, _CHECKPOINT.value,
-                                      _DATA_DIR.value)
-  except (ValueError, FileNotFoundError) as error:
-    raise SystemExit(f'error: {error}') from None
-  print(inference.format_evaluation(result))
+  from ccc_jax import evaluation  # pylint: disable=g-import-not-at-top
+  with cli.one_line_errors('evaluate'):
+    result = evaluation.evaluate_split(_WORKDIR.value, _SPLIT.value, _CHECKPOINT.value,
+                                       _DATA_DIR.value)
+  print(text.evaluation(result))
 
 
 if __name__ == '__main__':

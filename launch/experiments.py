@@ -27,16 +27,14 @@ def main(argv):
   from ccc_jax import experiments  # pylint: disable=g-import-not-at-top
   from ccc_jax import input_pipeline  # pylint: disable=g-import-not-at-top
   from ccc_jax import train  # pylint: disable=g-import-not-at-top
-  config = _CONFIG.value
-  if config is None:
+  if _CONFIG.value is None:
     raise app.UsageError('--config is required, e.g. --config=launch/configs/synthetic.py')
-  try:
+  with cli.one_line_errors('experiments'):
+    config = cli.run_config(_CONFIG.value)
     corpus = input_pipeline.open_corpus(config.dataset, config.data_dir)
     results = experiments.run_grid(
         config, _GRID.value, _SEEDS.value, _WORKDIR.value, corpus.modalities,
         lambda c, w: train.train_and_evaluate(c, w, corpus=corpus))
-  except (ValueError, train.TrainingDiverged, FileNotFoundError) as error:
-    raise SystemExit(f'error: {error}') from None
   print()
   print(experiments.summarise(results, list(config.tasks)))
   print(f'written: {_WORKDIR.value}/results.md, results.json, results.png')

@@ -6,7 +6,7 @@ r"""Predicts emotion traces for one recording with a trained checkpoint.
 Audio: any format, sample rate and channel count soundfile reads, of any length (windows are
 predicted in batches and log-mel features computed per batch, so memory beyond the 16 kHz
 waveform stays bounded). A model trained with mocap needs `--mocap`, a CSV with header
-`time,<marker>_x,<marker>_y,<marker>_z,...` (see ccc_jax.features.read_mocap_csv), with the
+`time,<marker>_x,<marker>_y,<marker>_z,...` (see ccc_jax.formats.read_mocap_csv), with the
 markers of the training data in the same order.
 
 Output: CSV with header `time,<task>,...`, one row per 40 ms label frame; `time` is the frame's
@@ -28,6 +28,7 @@ from absl import app
 from absl import flags
 
 from launch import cli
+from launch import text
 
 _WORKDIR = flags.DEFINE_string('workdir', None, 'The training run\'s workdir.', required=True)
 _AUDIO = flags.DEFINE_string('audio', None, 'Audio file of the recording.', required=True)
@@ -45,13 +46,12 @@ def main(argv):
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
   cli.quiet_logging()
   from ccc_jax import inference  # pylint: disable=g-import-not-at-top
-  try:
+  with cli.one_line_errors('predict'):
     summary = inference.predict_recording(
         _WORKDIR.value, _AUDIO.value, _OUTPUT.value, mocap=_MOCAP.value, plot=_PLOT.value,
-        labels=_LABELS.value, checkpoint=_CHECKPOINT.value, postprocess=_POSTPROCESS.value)
-  except (ValueError, FileNotFoundError) as error:
-    raise SystemExit(f'error: {error}') from None
-  print(inference.format_prediction(summary))
+        labels=_LABELS.value, checkpoint=_CHECKPOINT.value,
+        use_postprocessing=_POSTPROCESS.value)
+  print(text.prediction(summary))
 
 
 if __name__ == '__main__':

@@ -30,21 +30,19 @@ def main(argv):
   cli.quiet_logging()
   import jax  # pylint: disable=g-import-not-at-top
   cli.initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value,
-                         _DISTRIBUTED.value)
+                             _DISTRIBUTED.value)
   from ccc_jax import report  # pylint: disable=g-import-not-at-top
   from ccc_jax import train  # pylint: disable=g-import-not-at-top
-  config = _CONFIG.value
-  if config is None:
+  if _CONFIG.value is None:
     raise app.UsageError('--config is required, e.g. --config=launch/configs/synthetic.py')
-  if jax.process_index() == 0:
-    print(f'devices: {jax.device_count()} x {jax.devices()[0].device_kind} '
-          f'({jax.process_count()} process(es)); dataset {config.dataset}; tasks '
-          f'{tuple(config.tasks)}; loss {config.loss}; modalities {tuple(config.model.modalities)}',
-          flush=True)
-  try:
+  with cli.one_line_errors('train'):
+    config = cli.run_config(_CONFIG.value)
+    if jax.process_index() == 0:
+      print(f'devices: {jax.device_count()} x {jax.devices()[0].device_kind} '
+            f'({jax.process_count()} process(es)); dataset {config.dataset}; tasks '
+            f'{config.tasks}; loss {config.loss}; modalities {config.model.modalities}',
+            flush=True)
     summary = train.train_and_evaluate(config, _WORKDIR.value)
-  except (ValueError, train.TrainingDiverged, FileNotFoundError) as error:
-    raise SystemExit(f'error: {error}') from None
   if jax.process_index() == 0:
     if summary['compile_seconds'] is None:
       print(f"\n{_WORKDIR.value} had already trained {summary['step']} steps")
@@ -52,7 +50,7 @@ def main(argv):
       print(f"\ntrained to step {summary['step']} ({summary['steps_per_second']:.2f} steps/s "
             f"after {summary['compile_seconds']:.1f} s compiling)")
     print(f"dev CCC at the last step (best mean dev CCC {summary['best_dev_ccc']:.4f}):\n")
-    print(report.markdown_table(summary['dev'], summary['tasks']))
+    print(report.metric_table(summary['dev'], summary['tasks']))
 
 
 if __name__ == '__main__':

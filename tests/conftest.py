@@ -26,13 +26,10 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 
 
 def tiny_config(data_dir, **overrides):
-  """The tiny synthetic config (launch/configs/synthetic.py:tiny) reading `data_dir`."""
+  """The tiny synthetic run record (launch/configs/synthetic.py:tiny) reading `data_dir`."""
+  from launch import cli
   from launch.configs import synthetic
-  config = synthetic.get_config('tiny')
-  config.data_dir = str(data_dir)
-  for key, value in overrides.items():
-    setattr(config, key, value)
-  return config
+  return cli.run_config(synthetic.get_config('tiny')).replace(data_dir=str(data_dir), **overrides)
 
 
 @pytest.fixture(scope='session')
@@ -40,9 +37,9 @@ def tiny_data_dir(tmp_path_factory):
   """synthetic_avd/tiny prepared once per session with the real builder."""
   if os.environ.get('CCC_TINY_DATA_DIR'):
     return pathlib.Path(os.environ['CCC_TINY_DATA_DIR'])
-  from launch import prepare
+  from datasets import prepare
   data_dir = tmp_path_factory.mktemp('tiny_data')
-  prepare.prepare_dataset('synthetic_avd/tiny', data_dir=str(data_dir))
+  prepare.prepare_dataset('synthetic_avd:tiny', data_dir=str(data_dir))
   return data_dir
 
 

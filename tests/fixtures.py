@@ -5,8 +5,8 @@ WAV, `;`-separated individual ratings whose rater names carry trailing spaces, g
 eGeMAPS ARFF files with CRLF line endings), `write_creativeit` the normalised CreativeIT layout
 (mocap CSV with occluded markers as empty fields and NaN, irregular annotation traces). Each
 returns what it wrote, so tests can compare a prepared window with its source. A prepared
-synthetic dataset needs no fixture: prepare the builder's `tiny` config (see
-`prepare_tiny_synthetic`).
+synthetic dataset needs no fixture: conftest.py prepares the builder's `tiny` config once per
+test run (`tiny_data_dir`).
 """
 
 from __future__ import annotations
@@ -218,9 +218,3 @@ def write_creativeit(root: str,
           traces.append((times, values))
         fixture.annotations[recording_id][task] = traces
   return fixture
-
-
-def prepare_tiny_synthetic(data_dir: str) -> str:
-  """Prepares synthetic_avd's `tiny` config under `data_dir`; returns the name to read it by."""
-  from launch import prepare  # pylint: disable=g-import-not-at-top
-  return prepare.prepare_dataset('synthetic_avd/tiny', data_dir=data_dir).name

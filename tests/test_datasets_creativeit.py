@@ -9,8 +9,8 @@ import pytest
 import tensorflow_datasets as tfds
 
 from ccc_jax import features
-from ccc_jax.audio_io import DataError
-from launch import prepare
+from ccc_jax.errors import DataError
+from datasets import prepare
 from tests import fixtures
 
 SECONDS = 6.0  # 150 label frames
@@ -76,8 +76,8 @@ def test_explicit_actor_split(tmp_path):
   root = str(tmp_path / 'layout')
   fixtures.write_creativeit(root, ACTORS, seconds=2.0)
   data_dir = str(tmp_path / 'data')
-  summary = prepare.prepare_dataset('creativeit', data_dir, manual_dir=root,
-                            overrides=['dev_actors=actor2', 'test_actors=actor4,actor5'])
+  summary = prepare.prepare_dataset('creativeit:dev_actors=actor2,test_actors=actor4+actor5',
+                                    data_dir, manual_dir=root)
   assert summary.name == 'creativeit/default_dev-actors-actor2_test-actors-actor4-actor5'
   metadata = tfds.builder(summary.name, data_dir=data_dir).info.metadata
   assert metadata['actors'] == {'train': ['actor1', 'actor3'], 'dev': ['actor2'],
@@ -125,7 +125,7 @@ def _break_annotation_nan(root):
   path = os.path.join(_first_recording(root), 'annotations', 'activation', 'annotator3.csv')
   with open(path, 'a') as f:
     f.write('5.900,NaN\n')
-  return path, 'NaN'
+  return path, r'line \d+: missing value in column "value"'
 
 
 def _break_annotation_length(root):
@@ -174,6 +174,6 @@ def test_missing_manual_dir_and_unknown_actor(tmp_path):
   root = str(tmp_path / 'layout')
   fixtures.write_creativeit(root, ACTORS, seconds=2.0)
   with pytest.raises(DataError, match="actors \\['actor9'\\] not found"):
-    prepare.prepare_dataset('creativeit', str(tmp_path / 'data'), manual_dir=root,
-                    overrides=['test_actors=actor9'])
+    prepare.prepare_dataset('creativeit:test_actors=actor9', str(tmp_path / 'data'),
+                            manual_dir=root)
   assert not os.path.exists(tmp_path / 'data' / 'creativeit')

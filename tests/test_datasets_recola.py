@@ -13,8 +13,8 @@ import soundfile
 import tensorflow_datasets as tfds
 
 from ccc_jax import features
-from ccc_jax.audio_io import DataError
-from launch import prepare
+from ccc_jax.errors import DataError
+from datasets import prepare
 from tests import fixtures
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -29,7 +29,7 @@ def recola(tmp_path_factory):
   package = fixtures.write_recola(root, seconds=SECONDS)
   data_dir = str(tmp_path_factory.mktemp('recola_data'))
   for config in ('default', 'raters_mean', 'egemaps'):
-    prepare.prepare_dataset(f'recola/{config}', data_dir, manual_dir=root)
+    prepare.prepare_dataset(f'recola:{config}', data_dir, manual_dir=root)
   return package, data_dir
 
 
@@ -123,6 +123,7 @@ def test_statistics_come_from_the_training_split_only(recola):
   np.testing.assert_allclose(stats['logmel']['std'], logmel.std(axis=0), rtol=1e-3)
 
 
+@pytest.mark.slow
 def test_a_fresh_process_reads_data_and_metadata_without_our_builders(recola):
   _, data_dir = recola
   code = (
@@ -236,13 +237,14 @@ def test_bad_ratings_csv_header_leaves_other_configs_readable(tmp_path):
   prepare.prepare_dataset('recola', data_dir, manual_dir=root)
   path = os.path.join(root, 'ratings_individual', 'valence', 'dev_1.csv')
   _replace_line(path, 'time;FM1 ;', 'time,FM1 ,')
-  with pytest.raises(DataError, match='ratings header') as error:
-    prepare.prepare_dataset('recola/raters_mean', data_dir, manual_dir=root)
+  with pytest.raises(DataError, match='line 1 must be a header') as error:
+    prepare.prepare_dataset('recola:raters_mean', data_dir, manual_dir=root)
   assert path in str(error.value)
   assert len(tfds.data_source('recola', data_dir=data_dir)['train']) == 6
   assert not os.path.exists(os.path.join(data_dir, 'recola', 'raters_mean'))
 
 
+@pytest.mark.slow
 def test_command_line_failure_is_one_clear_line_and_exit_status_1(tmp_path):
   root = str(tmp_path / 'package')
   fixtures.write_recola(root, seconds=SECONDS, num_egemaps=1)

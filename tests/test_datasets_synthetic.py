@@ -18,11 +18,9 @@ NUM_FRAMES = 500  # 20 s sessions
 
 
 @pytest.fixture(scope='module')
-def tiny(tmp_path_factory):
-  data_dir = str(tmp_path_factory.mktemp('synthetic'))
-  name = fixtures.prepare_tiny_synthetic(data_dir)
-  assert name == 'synthetic_avd/tiny'
-  return name, data_dir
+def tiny(tiny_data_dir):
+  """The session's synthetic_avd:tiny (conftest.py prepares it once per test run)."""
+  return 'synthetic_avd/tiny', str(tiny_data_dir)
 
 
 def test_metadata_and_speaker_independent_splits(tiny):
@@ -67,6 +65,7 @@ def test_a_window_matches_the_simulation(tiny):
   np.testing.assert_array_equal(window['mask'], 1.0)
 
 
+@pytest.mark.slow
 def test_metadata_round_trips_in_a_process_without_our_builders(tiny):
   name, data_dir = tiny
   code = ('import json, sys, tensorflow_datasets as tfds\n'

@@ -57,6 +57,7 @@ def test_grid_runs_every_cell_once_and_resumes(tmp_path):
   assert len(calls) == 36
 
 
+@pytest.mark.slow
 def test_mtl_and_stl_cells_on_the_tiny_corpus(tiny_data_dir, tmp_path, monkeypatch):
   """Real training: an MTL and an STL cell with two vectorised seeds each (mocap only: the
   cheapest model to compile; the train step itself is tested in test_train_step.py)."""

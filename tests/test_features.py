@@ -9,7 +9,8 @@ import soundfile
 
 from ccc_jax import audio_io
 from ccc_jax import features
-from ccc_jax.audio_io import DataError
+from ccc_jax import formats
+from ccc_jax.errors import DataError
 from tests import fixtures
 
 
@@ -68,7 +69,7 @@ def test_read_mocap_csv_round_trip_with_missing_values(tmp_path):
   with open(path) as f:
     text = f.read()
   assert ',,' in text and 'NaN' in text  # both spellings of "not seen" are exercised
-  take = features.read_mocap_csv(path)
+  take = formats.read_mocap_csv(path)
   assert take.markers == fixtures.MOCAP_MARKERS
   assert take.rate == pytest.approx(120.0, rel=1e-4)
   np.testing.assert_allclose(take.positions, positions, atol=1e-3)
@@ -82,7 +83,7 @@ def test_read_mocap_csv_puts_dropped_frames_back_as_nan(tmp_path):
   for k in [0, 1, 2, 5, 6, 7, 8, 9]:  # frames 3 and 4 dropped
     lines.append(','.join([f'{k / 50:.4f}'] + [f'{v}' for v in positions[k].ravel()]))
   path.write_text('\n'.join(lines) + '\n')
-  take = features.read_mocap_csv(path)
+  take = formats.read_mocap_csv(path)
   assert take.positions.shape == (10, 2, 3) and take.rate == pytest.approx(50.0)
   assert np.all(np.isnan(take.positions[3:5]))
   np.testing.assert_array_equal(take.positions[[0, 1, 2, 5, 9]], positions[[0, 1, 2, 5, 9]])
@@ -96,7 +97,7 @@ def test_read_mocap_csv_long_file_with_rounded_timestamps(tmp_path):
   path = tmp_path / 'long.csv'
   np.savetxt(path, table, fmt=['%.5f', '%.3f', '%.3f', '%.3f'], delimiter=',',
              header='time,A_x,A_y,A_z', comments='')
-  take = features.read_mocap_csv(path)
+  take = formats.read_mocap_csv(path)
   assert take.rate == pytest.approx(60.0, rel=1e-7)
   assert take.positions.shape == (18000, 1, 3) and not np.isnan(take.positions).any()
 
@@ -104,16 +105,16 @@ def test_read_mocap_csv_long_file_with_rounded_timestamps(tmp_path):
 @pytest.mark.parametrize('content, problem', [
     ('frame,A_x,A_y,A_z\n0,1,2,3\n0.1,1,2,3\n', 'header'),
     ('time,A_x,A_z,A_y\n0,1,2,3\n0.1,1,2,3\n', 'header'),
-    ('time,A_x,A_y,A_z\n0,1,2,3\n0.1,1,abc,3\n', 'cannot be parsed'),
-    ('time,A_x,A_y,A_z\n0,1,2,3\n0.1,1,2\n', 'cannot be parsed'),
-    ('time,A_x,A_y,A_z\n0,1,2,3\n0.1,1,2,3\n0.05,1,2,3\n', 'not increasing'),
+    ('time,A_x,A_y,A_z\n0,1,2,3\n0.1,1,abc,3\n', 'line 3: "abc" in column "A_y" is not a number'),
+    ('time,A_x,A_y,A_z\n0,1,2,3\n0.1,1,2\n', 'line 3 has 3 fields, the header 4'),
+    ('time,A_x,A_y,A_z\n0,1,2,3\n0.1,1,2,3\n0.05,1,2,3\n', 'line 4: time 0.05 does not increase'),
     ('time,A_x,A_y,A_z\n0,1,2,3\n0.1,1,2,3\n0.13,1,2,3\n', 'regular grid'),
 ])
 def test_read_mocap_csv_rejects_bad_files_naming_them(tmp_path, content, problem):
   path = tmp_path / 'bad_mocap.csv'
   path.write_text(content)
   with pytest.raises(DataError, match=problem) as error:
-    features.read_mocap_csv(path)
+    formats.read_mocap_csv(path)
   assert str(path) in str(error.value)
 
 

@@ -12,12 +12,14 @@ import pytest
 import soundfile
 
 from ccc_jax import audio_io
+from ccc_jax import checkpoints
 from ccc_jax import evaluation
 from ccc_jax import features
+from ccc_jax import formats
 from ccc_jax import inference
 from ccc_jax import input_pipeline
 from ccc_jax import postprocess
-from ccc_jax.audio_io import DataError
+from ccc_jax.errors import CheckpointError, DataError
 from datasets.synthetic_avd import simulation
 
 MOCAP_RATE = 60.0
@@ -25,7 +27,7 @@ MOCAP_RATE = 60.0
 
 @pytest.fixture(scope='module')
 def predictor(tiny_workdir):
-  return inference.Predictor.load(tiny_workdir, postprocess=False)
+  return inference.Predictor.load(tiny_workdir, use_postprocessing=False)
 
 
 def _session(recording_id: str, num_frames: int, seed: int = 0):
@@ -56,9 +58,9 @@ def test_restores_stacked_seeds_and_the_run_info(predictor, tiny_workdir):
   leaves = jax.tree.leaves(model.params)
   assert all(leaf.shape[0] == 1 for leaf in leaves)
   assert len({d for leaf in leaves for d in leaf.devices()}) == 1  # trained on 8, restored on 1
-  assert inference.restore_model(tiny_workdir, 'latest').step == 20
-  assert inference.restore_model(tiny_workdir, 20).step == 20
-  assert inference.restore_model(tiny_workdir).step == model.step
+  assert checkpoints.restore_model(tiny_workdir, 'latest').step == 20
+  assert checkpoints.restore_model(tiny_workdir, 20).step == 20
+  assert checkpoints.restore_model(tiny_workdir).step == model.step
 
 
 def test_chunked_log_mel_equals_whole_recording_log_mel():
@@ -67,7 +69,7 @@ def test_chunked_log_mel_equals_whole_recording_log_mel():
   whole = features.log_mel(waveform)
   num_frames = features.num_label_frames(waveform.shape[0])
   for begin, end in [(0, 5), (1, 7), (3, 38), (20, 38), (0, 38), (37, 38)]:
-    np.testing.assert_allclose(inference.log_mel_frames(waveform, begin, end),
+    np.testing.assert_allclose(features.log_mel_span(waveform, begin, end),
                                whole[4 * begin: 4 * end], rtol=1e-6, atol=1e-5)
   assert num_frames == 38
 
@@ -78,10 +80,10 @@ def test_prediction_of_raw_recording_equals_the_prepared_split(predictor, tiny_d
   A batch of 4 windows makes the features of each batch come from a separate log-mel chunk.
   """
   model = predictor.model
-  corpus = input_pipeline.open_corpus(model.config['dataset'], str(tiny_data_dir))
+  corpus = input_pipeline.open_corpus(model.config.dataset, str(tiny_data_dir))
   expected = evaluation.predict_split(model.graphdef, model.params, corpus, 'dev',
                                       model.modalities, model.tasks,
-                                      batch_size=model.config['eval_batch'])
+                                      batch_size=model.config.eval_batch)
   (recording, entry), = expected.items()
   audio, positions = _session(recording, corpus.recordings('dev')[recording])
   small_batches = inference.Predictor(model, batch_size=4)
@@ -89,7 +91,7 @@ def test_prediction_of_raw_recording_equals_the_prepared_split(predictor, tiny_d
   assert got.shape == entry['prediction'].shape == (1, 500, 3)
   np.testing.assert_allclose(got, entry['prediction'], rtol=1e-5, atol=1e-5)
   np.testing.assert_array_equal(predictor.predict(audio, 16000, positions, MOCAP_RATE),
-                                inference.ensemble(predictor.predict_seeds(
+                                evaluation.ensemble(predictor.predict_seeds(
                                     audio, 16000, positions, MOCAP_RATE)))
 
 
@@ -126,10 +128,10 @@ def test_stereo_44k_file_and_array_give_the_same_prediction(predictor, tmp_path)
 
   from_file = predictor.predict_file(str(wav), str(mocap))
   assert from_file.shape == (75, 3)  # 3 s at 40 ms per frame
-  take = features.read_mocap_csv(mocap)
+  take = formats.read_mocap_csv(mocap)
   from_array = predictor.predict(pcm, rate, take.positions, take.rate)
   np.testing.assert_allclose(from_array, from_file, rtol=1e-6, atol=1e-6)
-  np.testing.assert_array_equal(inference.waveform_16k(pcm, rate),
+  np.testing.assert_array_equal(audio_io.waveform_16k(pcm, rate),
                                 audio_io.load_audio(wav))
 
 
@@ -146,30 +148,31 @@ def test_postprocessing_is_applied_to_the_ensemble(predictor):
 def test_traces_csv_round_trip(tmp_path):
   traces = np.array([[0.1, -0.2], [0.3, 0.4], [0.5, 0.6]], np.float32)
   path = tmp_path / 'out.csv'
-  inference.write_traces_csv(str(path), traces, ('arousal', 'valence'))
+  formats.write_traces_csv(str(path), traces, ('arousal', 'valence'))
   assert path.read_text().splitlines()[:2] == ['time,arousal,valence', '0.00,0.100000,-0.200000']
-  times, columns = inference.read_traces_csv(str(path))
+  times, columns = formats.read_traces_csv(str(path))
   np.testing.assert_allclose(times, [0, 0.04, 0.08])
   np.testing.assert_allclose(columns['valence'], traces[:, 1], atol=1e-6)
   gappy = tmp_path / 'gappy.csv'
   gappy.write_text('time,arousal\n0.0,1\n0.04,\n0.08,3\n')
-  times, columns = inference.read_traces_csv(str(gappy))
+  times, columns = formats.read_traces_csv(str(gappy))
   np.testing.assert_array_equal(np.isnan(columns['arousal']), [False, True, False])
-  np.testing.assert_allclose(inference.labels_on_frames(times, columns['arousal'], 4),
+  np.testing.assert_allclose(formats.labels_on_frames(times, columns['arousal'], 4),
                              [1, 2, 3, np.nan])
 
 
 @pytest.mark.parametrize('text, message', [
-    ('value\n1\n', 'header must be'),
+    ('value\n1\n', 'line 1 must be a header "time,..."'),
     ('time,arousal\n', 'no rows'),
-    ('time,arousal\n0,abc\n', 'cannot be parsed'),
-    ('time,arousal\n0.04,1\n0.0,2\n', 'increase'),
+    ('time,arousal\n0,abc\n', 'line 2: "abc" in column "arousal" is not a number'),
+    ('time,arousal\n0.04,1\n0.0,2\n', 'line 3: time 0.0 does not increase'),
+    ('\ufefftime,arousal\n0,1\n0.04,\u00e9\n', 'line 3'),
 ])
 def test_bad_traces_csv_names_the_file(tmp_path, text, message):
   path = tmp_path / 'labels.csv'
   path.write_text(text)
   with pytest.raises(DataError, match=message) as error:
-    inference.read_traces_csv(str(path))
+    formats.read_traces_csv(str(path))
   assert str(path) in str(error.value)
 
 
@@ -204,9 +207,9 @@ def test_bad_audio_and_mocap_inputs(predictor, tmp_path):
 
 
 def test_unknown_checkpoints(tiny_workdir, tmp_path):
-  with pytest.raises(FileNotFoundError, match='has no step 7'):
+  with pytest.raises(CheckpointError, match='has no step 7'):
     inference.Predictor.load(tiny_workdir, '7')
-  with pytest.raises(ValueError, match="'best', 'latest' or a step number"):
+  with pytest.raises(CheckpointError, match="'best', 'latest' or a step number"):
     inference.Predictor.load(tiny_workdir, 'newest')
-  with pytest.raises(FileNotFoundError, match='train first'):
+  with pytest.raises(CheckpointError, match='train first'):
     inference.Predictor.load(tmp_path / 'no_run')

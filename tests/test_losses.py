@@ -10,11 +10,8 @@ from jax.sharding import PartitionSpec as P
 
 from ccc_jax import losses
 from ccc_jax import sharding
+from tests.reference_values import REFERENCE
 
-REFERENCE = [  # truth, prediction, population CCC, Pearson (ccc_conventions.md)
-    ([3, -0.5, 2, 7], [2.5, 0, 2, 8], 0.97678916827853, 0.9848696184482703),
-    ([0, 1, 2], [0, 1, 1], 0.6666666666666666, 0.8660254037844385),
-]
 
 
 def _as_btk(x, dtype=jnp.float64):

@@ -1,4 +1,4 @@
-"""Evaluation metrics against audmetric, scipy and the reference values in ccc_conventions.md."""
+"""Evaluation metrics against audmetric, scipy and exact reference values (tests/reference_values.py)."""
 
 import math
 
@@ -8,12 +8,16 @@ import pytest
 import scipy.stats
 
 from ccc_jax import metrics
+from tests.reference_values import CONCAT_CCC, REFERENCE, SEQ_MEAN_CCC
 
 
-@pytest.mark.parametrize('truth,prediction,ccc,pcc', [
-    ([3, -0.5, 2, 7], [2.5, 0, 2, 8], 0.97678916827853, 0.9848696184482703),
-    ([0, 1, 2], [0, 1, 1], 0.6666666666666666, 0.8660254037844385),
-])
+def test_exact_references_are_the_published_values():
+  # The exact derivation reproduces the reference values the library was first tested against.
+  assert [round(ccc, 12) for *_, ccc, _ in REFERENCE] == [0.976789168279, 0.666666666667]
+  assert [round(r, 12) for *_, r in REFERENCE] == [0.984869618448, 0.866025403784]
+
+
+@pytest.mark.parametrize('truth,prediction,ccc,pcc', REFERENCE)
 def test_reference_values(truth, prediction, ccc, pcc):
   assert metrics.concordance_cc(truth, prediction) == pytest.approx(ccc, abs=1e-12)
   assert metrics.pearson_cc(truth, prediction) == pytest.approx(pcc, abs=1e-12)
@@ -39,13 +43,14 @@ def test_concordance_undefined_is_nan_like_audmetric():
 
 
 def test_streaming_reference_example():
-  """ccc_conventions.md: mean of per-recording CCC 0.93396, concatenated 0.94013."""
+  """Mean of per-recording CCC and concatenated CCC differ (exact values: reference_values.py)."""
   streaming = metrics.StreamingMetrics(['arousal'])
   streaming.update('rec1', [0, 1, 2, 3], [.5, 1, 2, 2.5])
   streaming.update('rec2', [1, 1.5, 1, .5], [1.2, 1.4, 1.1, .4])
   table = streaming.compute()
-  assert table['arousal']['ccc_seq_mean'] == pytest.approx(0.93396, abs=5e-6)
-  assert table['arousal']['ccc_concat'] == pytest.approx(0.94013, abs=5e-6)
+  assert table['arousal']['ccc_seq_mean'] == pytest.approx(SEQ_MEAN_CCC, abs=1e-12)
+  assert table['arousal']['ccc_concat'] == pytest.approx(CONCAT_CCC, abs=1e-12)
+  assert (round(SEQ_MEAN_CCC, 5), round(CONCAT_CCC, 5)) == (0.93396, 0.94013)
 
 
 def test_streaming_is_exact_for_any_chunking():

@@ -16,24 +16,20 @@ import numpy as np
 import pytest
 
 from ccc_jax import models
+from ccc_jax.config import MODALITIES, TEMPORAL_MODELS, ModelConfig
 
 INPUT_DIMS = {'audio': 640, 'logmel': 40, 'mocap': 6}
 BATCH, WINDOW = 2, 8
 ALL_MODALITIES = ('audio', 'logmel', 'mocap')
 
 
-def small_config(modalities=ALL_MODALITIES, temporal='tcn'):
-  config = models.default_model_config()
-  config.modalities = tuple(modalities)
-  config.temporal = temporal
-  config.audio_channels = (4, 4, 4, 8)  # same strides as the default: 640 samples per frame
-  config.logmel_width = 8
-  config.mocap_width = 8
-  config.trunk_width = 8
-  config.tcn_dilations = (1, 2, 4)  # receptive field 15 frames > WINDOW: every frame sees all
-  config.gru_hidden = 8
-  config.head_hidden = 4
-  return config
+def small_config(modalities=ALL_MODALITIES, temporal='tcn', **changes):
+  return ModelConfig(**{
+      'modalities': tuple(modalities), 'temporal': temporal,
+      'audio_channels': (4, 4, 4, 8),  # same strides as the default: 640 samples per frame
+      'logmel_width': 8, 'mocap_width': 8, 'trunk_width': 8,
+      'tcn_dilations': (1, 2, 4),  # receptive field 15 frames > WINDOW: every frame sees all
+      'gru_hidden': 8, 'head_hidden': 4, **changes})
 
 
 def make_inputs(seed=0, batch=BATCH, window=WINDOW):
@@ -61,13 +57,13 @@ def inputs():
 
 
 def test_default_config():
-  config = models.default_model_config()
+  config = ModelConfig()
   assert config.modalities == ('audio', 'logmel', 'mocap')
   assert config.temporal == 'gru'
   assert np.prod(config.audio_strides) == 640
 
 
-@pytest.mark.parametrize('temporal', models.TEMPORAL_MODELS)
+@pytest.mark.parametrize('temporal', TEMPORAL_MODELS)
 def test_output_shape_mtl(inputs, temporal):
   *_, params, apply = built(temporal=temporal)
   outputs = apply(params, inputs)
@@ -76,7 +72,7 @@ def test_output_shape_mtl(inputs, temporal):
   assert np.all(np.isfinite(outputs))
 
 
-@pytest.mark.parametrize('temporal', models.TEMPORAL_MODELS)
+@pytest.mark.parametrize('temporal', TEMPORAL_MODELS)
 def test_output_shape_stl(inputs, temporal):
   # Same network with one head; traced, not compiled (the MTL test runs the compiled program).
   *_, params, apply = built(temporal=temporal, num_tasks=1)
@@ -114,7 +110,7 @@ def test_each_branch_influences_output_and_absent_branch_does_not(inputs, modali
   np.testing.assert_array_equal(apply(params, inputs), apply(params, perturbed))
 
 
-@pytest.mark.parametrize('temporal', models.TEMPORAL_MODELS)
+@pytest.mark.parametrize('temporal', TEMPORAL_MODELS)
 def test_temporal_model_is_non_causal(inputs, temporal):
   # Mocap enters per frame, so only the temporal model can carry the last frame to the first
   # (backward direction / future context) and the first frame to the last (forward direction).
@@ -183,9 +179,8 @@ def test_inconsistent_windows_refused():
     ({'audio_strides': (10, 4, 4, 2)}, 'audio_strides'),
 ])
 def test_invalid_config_refused(overrides, message):
-  config = small_config()
-  config.update(overrides)
   with pytest.raises(ValueError, match=message):
+    config = small_config(**overrides)
     models.AVDNet(config, num_tasks=3, input_dims=INPUT_DIMS, rngs=nnx.Rngs(0))
 
 
@@ -218,7 +213,7 @@ def test_vmap_over_stacked_params_matches_each_seed(inputs):
   np.testing.assert_allclose(both[1], apply(params_b, inputs), rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize('temporal', models.TEMPORAL_MODELS)
+@pytest.mark.parametrize('temporal', TEMPORAL_MODELS)
 def test_gradients_finite_and_reach_every_param(inputs, temporal):
   _, graphdef, params, _ = built(temporal=temporal)
 

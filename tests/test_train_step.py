@@ -6,10 +6,12 @@ import pytest
 
 from ccc_jax import sharding
 from ccc_jax import train
+from ccc_jax.config import ModelInfo
+from launch import cli
 from launch.configs import synthetic
 
 WINDOW = 8
-INFO = train.ModelInfo(
+INFO = ModelInfo(
     tasks=('activation', 'valence', 'dominance'),
     input_dims={'audio': 640, 'logmel': 40, 'mocap': 12}, stats={}, window=WINDOW, hop=4,
     sample_rate=16000, label_rate=25, dataset='test')
@@ -25,7 +27,7 @@ def _config(seeds=(0,)):
   config.model.audio_kernel_sizes = (40, 32)
   config.model.audio_strides = (40, 16)
   config.model.tcn_dilations = (1,)
-  return config
+  return cli.run_config(config)
 
 
 def _batches(seed: int, steps: int = 3, batch: int = 8):
@@ -47,7 +49,8 @@ def _batches(seed: int, steps: int = 3, batch: int = 8):
 
 
 def _train(config, devices, mode, batches):
-  graphdef, state, optimizer = train.create_state(config, INFO)
+  graphdef, state = train.create_state(config, INFO)
+  optimizer = train.make_optimizer(config.optimizer, config.num_steps)
   parallel = sharding.DataParallel(sharding.make_mesh(devices), mode)
   step = parallel.run(train.make_per_device_step(graphdef, optimizer, config.loss, None),
                       batch_axis=1)
@@ -95,7 +98,9 @@ def test_vectorised_seeds_equal_seeds_trained_alone():
 
 
 def test_unknown_loss_and_parallel_mode_are_refused():
-  with pytest.raises(ValueError, match="unknown loss 'l1'"):
-    train.make_per_device_step(None, None, 'l1', None)
+  with pytest.raises(ValueError, match="loss must be one of ccc, pcc, mse; got 'l1'"):
+    _config().replace(loss='l1')
+  with pytest.raises(ValueError, match="parallel must be one of shard_map, pmap; got 'pjit'"):
+    _config().replace(parallel='pjit')
   with pytest.raises(ValueError, match="unknown parallel mode 'pjit'"):
     sharding.DataParallel(sharding.make_mesh(), 'pjit')

@@ -17,7 +17,6 @@ by a seeded shuffle and written to the metadata (`actors`).
 from __future__ import annotations
 
 import dataclasses
-import io
 import os
 
 from absl import logging
@@ -25,7 +24,8 @@ import numpy as np
 
 from ccc_jax import audio_io
 from ccc_jax import features
-from ccc_jax.audio_io import DataError
+from ccc_jax import formats
+from ccc_jax.errors import DataError
 from datasets import common
 
 TASKS = ('activation', 'valence', 'dominance')
@@ -53,30 +53,19 @@ class _Source:
 
 def read_annotation_csv(path: str) -> tuple[np.ndarray, np.ndarray]:
   """(times, values) of one annotator's trace; header `time,value`, values in [-1, 1]."""
-  if not os.path.isfile(path):
-    raise DataError(f'{path}: file not found')
-  with open(path, encoding='utf-8') as f:
-    header = f.readline()
-    body = f.read()
-  if [name.strip() for name in header.strip().split(',')] != ['time', 'value']:
-    raise DataError(f'{path}: annotation header must be "time,value"; got "{header.strip()[:80]}"')
-  try:
-    table = np.loadtxt(io.StringIO(body), delimiter=',', dtype=np.float64, ndmin=2)
-  except ValueError as error:
-    raise DataError(f'{path}: annotation rows cannot be parsed ({error})') from error
-  if table.shape[0] == 0 or table.shape[1] != 2:
-    raise DataError(f'{path}: expected rows of "time,value", got shape {table.shape}')
-  if not np.all(np.isfinite(table)):
-    row = int(np.flatnonzero(~np.isfinite(table).all(axis=1))[0])
-    raise DataError(f'{path}: NaN or infinite value in data row {row + 1}')
+  columns, table = formats.read_table(path, 'annotation')
+  if columns != ['time', 'value']:
+    raise DataError(f'{path}: annotation header must be "time,value"; got '
+                    f'"{",".join(columns)[:80]}"')
   times, values = table[:, 0], table[:, 1]
-  if np.any(np.diff(times) < 0):
-    raise DataError(f'{path}: time goes backwards at data row '
-                    f'{int(np.flatnonzero(np.diff(times) < 0)[0]) + 2}')
+  if np.any(np.diff(times) < 0):  # annotation tools may repeat a time stamp; never go back
+    raise DataError(f'{path}: line {int(np.flatnonzero(np.diff(times) < 0)[0]) + 3}: time goes '
+                    'backwards')
   if times[0] < 0:
-    raise DataError(f'{path}: negative time {times[0]}')
+    raise DataError(f'{path}: line 2: negative time {times[0]}')
   if np.any(np.abs(values) > 1.0 + 1e-6):
-    raise DataError(f'{path}: values must lie in [-1, 1]; found {values.min()} .. {values.max()}')
+    row = int(np.flatnonzero(np.abs(values) > 1.0 + 1e-6)[0])
+    raise DataError(f'{path}: line {row + 2}: value {values[row]} outside [-1, 1]')
   return times, values
 
 
@@ -151,7 +140,7 @@ class Builder(common.WindowedBuilder):
     duration = info.duration
     num_frames = features.num_label_frames(int(np.ceil(duration * features.SAMPLE_RATE)))
     mocap_path = os.path.join(folder, 'mocap.csv')
-    take = features.read_mocap_csv(mocap_path)
+    take = formats.read_mocap_csv(mocap_path)
     mocap_frames = int(round(take.positions.shape[0] / take.rate * features.LABEL_RATE))
     common.require_similar_length(mocap_path, mocap_frames, audio_path, num_frames)
     _, missing = features.fill_marker_gaps(take.positions)
@@ -172,7 +161,7 @@ class Builder(common.WindowedBuilder):
       for name in files:
         path = os.path.join(task_dir, name)
         times, values = read_annotation_csv(path)
-        if times[-1] > duration + common.LENGTH_TOLERANCE_S:
+        if times[-1] > duration + features.LENGTH_TOLERANCE_S:
           raise DataError(f'{path}: annotation runs to {times[-1]:.2f} s but its audio '
                           f'{audio_path} lasts {duration:.2f} s')
         # Linear between logged points; the first and last values hold beyond them (trace
@@ -184,7 +173,7 @@ class Builder(common.WindowedBuilder):
     return source, take.markers
 
   def _load_recording(self, source: _Source) -> common.Recording:
-    take = features.read_mocap_csv(os.path.join(source.folder, 'mocap.csv'))
+    take = formats.read_mocap_csv(os.path.join(source.folder, 'mocap.csv'))
     mocap = features.mocap_features(take.positions, take.rate, source.num_frames)
     return common.Recording(
         recording_id=source.recording_id, num_frames=source.num_frames,

@@ -12,7 +12,8 @@ import os
 
 import numpy as np
 
-from ccc_jax.audio_io import DataError
+from ccc_jax import formats
+from ccc_jax.errors import DataError
 from ccc_jax.features import LABEL_RATE
 
 _NUMERIC_TYPES = ('numeric', 'real', 'integer')
@@ -105,25 +106,5 @@ def read_ratings_csv(path: str | os.PathLike) -> tuple[list[str], np.ndarray]:
   The file is `;`-separated with header `time;FM1 ;FM2 ;...` (rater names stripped of the
   trailing spaces the published files carry).
   """
-  path = os.fspath(path)
-  if not os.path.isfile(path):
-    raise DataError(f'{path}: file not found')
-  with open(path, encoding='utf-8') as f:
-    header = f.readline()
-    body = f.read()
-  columns = [name.strip() for name in header.strip().split(';')]
-  if len(columns) < 2 or columns[0] != 'time' or not all(columns[1:]):
-    raise DataError(f'{path}: ratings header must be "time;<rater>;<rater>..."; '
-                    f'got "{header.strip()[:80]}"')
-  try:
-    table = np.loadtxt(io.StringIO(body), delimiter=';', dtype=np.float64, ndmin=2)
-  except ValueError as error:
-    raise DataError(f'{path}: rating rows cannot be parsed ({error})') from error
-  if table.shape[0] == 0:
-    raise DataError(f'{path}: no rating rows')
-  if table.shape[1] != len(columns):
-    raise DataError(f'{path}: rows have {table.shape[1]} columns, header has {len(columns)}')
-  if not np.all(np.isfinite(table)):
-    row = int(np.flatnonzero(~np.isfinite(table).all(axis=1))[0])
-    raise DataError(f'{path}: NaN or infinite value in data row {row + 1}')
+  columns, table = formats.read_table(path, 'ratings', delimiter=';')
   return columns[1:], frames_from_times(path, table[:, 0], table[:, 1:])

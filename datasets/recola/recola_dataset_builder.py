@@ -1,6 +1,6 @@
 """TFDS builder of RECOLA from the AVEC 2016 package (manual download).
 
-Owns reading the AVEC 2016 layout (datasets/README.md, /work/shared/notes/data_layouts.md):
+Owns reading the AVEC 2016 layout (documented in datasets/README.md):
 recordings_audio/{train,dev,test}_N.wav, arousal and valence gold standards from
 ratings_gold_standard/*/*.arff or, with `gold_standard='raters_mean'`, the mean of the raters
 in ratings_individual/*/*.csv, and optionally the eGeMAPS functionals in features_audio/*/*.arff.
@@ -18,7 +18,7 @@ import numpy as np
 
 from ccc_jax import audio_io
 from ccc_jax import features
-from ccc_jax.audio_io import DataError
+from ccc_jax.errors import DataError
 from datasets import common
 from datasets.recola import readers
 

@@ -18,6 +18,7 @@ from absl import flags
 import numpy as np
 import scipy.ndimage
 
+from ccc_jax import metrics
 from ccc_jax import windows
 
 _DATA_DIR = flags.DEFINE_string('data_dir', None, 'Where the dataset was prepared.')
@@ -58,12 +59,6 @@ def _design(traces, modalities: Sequence[str]):
   return np.concatenate(inputs), np.concatenate(targets)
 
 
-def ccc(truth: np.ndarray, prediction: np.ndarray) -> np.ndarray:
-  truth_mean, prediction_mean = truth.mean(0), prediction.mean(0)
-  covariance = ((truth - truth_mean) * (prediction - prediction_mean)).mean(0)
-  return 2 * covariance / (truth.var(0) + prediction.var(0) + (truth_mean - prediction_mean) ** 2)
-
-
 def probe(name: str, data_dir: str, split: str) -> dict[str, dict[str, float]]:
   """{modalities: {task: CCC on `split`}} for audio (log-mel), mocap and both."""
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
@@ -83,7 +78,7 @@ def probe(name: str, data_dir: str, split: str) -> dict[str, dict[str, float]]:
     design = with_bias(inputs)
     ridge = _RIDGE * len(inputs) / 1000 * np.eye(design.shape[1])
     weights = np.linalg.solve(design.T @ design + ridge, design.T @ targets)
-    scores = ccc(test_targets, with_bias(test_inputs) @ weights)
+    scores = metrics.concordance_cc_per_column(test_targets, with_bias(test_inputs) @ weights)
     results[label] = {task: round(float(score), 3)
                       for task, score in zip(metadata['tasks'], scores)}
   return results

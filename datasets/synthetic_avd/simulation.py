@@ -32,8 +32,10 @@ import numpy as np
 import scipy.ndimage
 import scipy.signal
 
+from ccc_jax import postprocess
 from ccc_jax.features import LABEL_RATE
 from ccc_jax.features import SAMPLE_RATE
+from ccc_jax.metrics import concordance_cc, concordance_cc_per_column
 
 TASKS = ('activation', 'valence', 'dominance')
 MARKERS = ('HEAD_TOP', 'HEAD_FRONT', 'NECK', 'CHEST', 'PELVIS',
@@ -386,15 +388,6 @@ def synthesize_mocap(seed: int, speaker: int, session: int, latent: np.ndarray,
   return positions.astype(np.float32)
 
 
-def ccc(truth: np.ndarray, prediction: np.ndarray) -> np.ndarray:
-  """Concordance correlation per column (population moments, two passes)."""
-  truth, prediction = np.asarray(truth, np.float64), np.asarray(prediction, np.float64)
-  truth_mean, prediction_mean = truth.mean(0), prediction.mean(0)
-  covariance = ((truth - truth_mean) * (prediction - prediction_mean)).mean(0)
-  return 2 * covariance / (truth.var(0) + prediction.var(0)
-                           + (truth_mean - prediction_mean) ** 2)
-
-
 def speaker_splits(seed: int, num_speakers: int, dev_speakers: int,
                    test_speakers: int) -> dict[str, list[int]]:
   """Speaker-independent split: speaker indices per split, chosen by a seeded shuffle."""
@@ -405,10 +398,6 @@ def speaker_splits(seed: int, num_speakers: int, dev_speakers: int,
   return {'train': sorted(order[dev_speakers + test_speakers:]),
           'dev': sorted(order[:dev_speakers]),
           'test': sorted(order[dev_speakers:dev_speakers + test_speakers])}
-
-
-def _delayed(values: np.ndarray, shift: int) -> np.ndarray:
-  return np.concatenate([np.repeat(values[:1], shift, 0), values[:len(values) - shift]])
 
 
 def oracle_ccc(seed: int, sessions: dict[str, list[tuple[int, int]]], num_frames: int,
@@ -433,12 +422,12 @@ def oracle_ccc(seed: int, sessions: dict[str, list[tuple[int, int]]], num_frames
 
   def concat(split, column, shift=0):
     if column == 0:
-      return np.concatenate([_delayed(latent, shift) for latent, _, _ in data[split]])
+      return np.concatenate([postprocess.shift(latent, shift) for latent, _, _ in data[split]])
     return np.concatenate([piece[column] for piece in data[split]])
 
   shifts = range(int(max_shift_s * LABEL_RATE) + 1)
   train_gold = concat('train', 1)
-  best_shift = np.array([max(shifts, key=lambda s: ccc(train_gold[:, d],
+  best_shift = np.array([max(shifts, key=lambda s: concordance_cc(train_gold[:, d],
                                                        concat('train', 0, s)[:, d]))
                          for d in range(3)])
   report = {}
@@ -446,7 +435,7 @@ def oracle_ccc(seed: int, sessions: dict[str, list[tuple[int, int]]], num_frames
     gold = concat(split, 1)
     shifted = np.stack([concat(split, 0, int(best_shift[d]))[:, d] for d in range(3)], -1)
     report[split] = {
-        name: dict(zip(TASKS, np.round(ccc(gold, prediction), 4).tolist()))
+        name: dict(zip(TASKS, np.round(concordance_cc_per_column(gold, prediction), 4).tolist()))
         for name, prediction in (('latent', concat(split, 0)), ('latent_shifted', shifted),
                                  ('noiseless_raters', concat(split, 2)))}
     report[split]['best_shift_s'] = dict(zip(TASKS, (best_shift / LABEL_RATE).tolist()))

@@ -1,81 +1,95 @@
-"""Shared defaults and the variant mechanism for the per-corpus config files.
+"""Shared defaults and the variants of the per-corpus config files.
 
-A config file's `get_config(arg)` takes big_vision-style variants after a colon, comma-separated:
-`--config=launch/configs/synthetic.py:stl=valence,mse,audio_only`. Every variant is a plain
-edit of the config, listed in `VARIANTS` with what it does.
+A config file's `get_config(arg)` takes variants after a colon, in the one variant syntax of
+`ccc_jax.config.parse_variants` (comma-separated `NAME` or `NAME=VALUE`):
+`--config=launch/configs/synthetic.py:stl=valence,mse,audio_only`. Every variant is a plain edit
+of the config, listed in `VARIANTS` (or a file's own table) with what it does. The defaults are
+those of `ccc_jax.config.RunConfig`; the launch scripts turn the result into that typed record.
 """
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable
 
 import ml_collections
 
-from ccc_jax import models
+from ccc_jax import config as run_config
+
+Variant = tuple[Callable[[ml_collections.ConfigDict, str | None], None], str]
 
 
 def base_config() -> ml_collections.ConfigDict:
-  config = ml_collections.ConfigDict()
-  config.dataset = ''
-  config.data_dir = 'data'
-  config.tasks = ('activation', 'valence', 'dominance')
-  config.task_weights = None  # None: equal weights (mean of per-task losses)
-  config.loss = 'ccc'  # 'ccc', 'pcc' or 'mse'
-  config.model = models.default_model_config()
-  config.seeds = (0,)  # several seeds train together, vectorised
-  config.parallel = 'shard_map'  # or 'pmap'
-  config.global_batch = 32
-  config.num_steps = 800  # synthetic default: dev CCC plateaus from ~750 steps (BUILD_NOTES.md)
-  config.optimizer = ml_collections.ConfigDict(dict(
-      learning_rate=2e-3, warmup_steps=100, end_learning_rate_fraction=0.05, weight_decay=1e-4,
-      clip_norm=1.0))
-  config.log_every = 50
-  config.eval_every = 200
-  config.checkpoint_every = 200
-  config.eval_batch = 64
-  config.data_workers = 0
-  config.prefetch = 4
-  return config
+  """The defaults of `RunConfig` as a ConfigDict (so `--config.FIELD=VALUE` overrides work)."""
+  return ml_collections.ConfigDict(dataclasses.asdict(run_config.RunConfig()))
+
+
+def _needs(name: str, value: str | None, what: str) -> str:
+  if not value:
+    raise run_config.ConfigError(f'variant {name} needs a value: {name}={what}')
+  return value
+
+
+def _no_value(name: str, value: str | None) -> None:
+  if value is not None:
+    raise run_config.ConfigError(f'variant {name} takes no value, got {name}={value}')
 
 
 def _stl(config, task):
+  task = _needs('stl', task, 'TASK')
   if task not in config.tasks:
-    raise ValueError(f'stl={task}: the config has tasks {tuple(config.tasks)}')
+    raise run_config.ConfigError(f'stl={task}: the config has tasks {tuple(config.tasks)}')
   config.tasks = (task,)
 
 
-def _modalities(*names):
-  def edit(config, _):
-    config.model.modalities = names
-  return edit
-
-
-def _loss(name):
-  def edit(config, _):
-    config.loss = name
+def _setter(name: str, **fields) -> Callable:
+  def edit(config, value):
+    _no_value(name, value)
+    for key, new in fields.items():
+      target = config
+      *parents, leaf = key.split('.')
+      for parent in parents:
+        target = target[parent]
+      target[leaf] = new
   return edit
 
 
 def _seeds(config, count):
+  count = _needs('seeds', count, 'N')
+  if not count.isdigit() or int(count) < 1:
+    raise run_config.ConfigError(f'seeds={count}: expected a positive whole number')
   config.seeds = tuple(range(int(count)))
 
 
-VARIANTS = {
+VARIANTS: dict[str, Variant] = {
     'stl': (_stl, 'single-task learning: stl=TASK trains one task'),
-    'mse': (_loss('mse'), 'MSE loss instead of CCC'),
-    'pcc': (_loss('pcc'), 'PCC loss instead of CCC'),
-    'ccc': (_loss('ccc'), 'CCC loss (the default)'),
-    'audio_only': (_modalities('audio', 'logmel'), 'audio branches only (raw + log-mel)'),
-    'mocap_only': (_modalities('mocap',), 'mocap branch only'),
-    'raw_audio_only': (_modalities('audio',), 'raw-waveform branch only'),
-    'tcn': (lambda c, _: setattr(c.model, 'temporal', 'tcn'),
+    'mse': (_setter('mse', loss='mse'), 'MSE loss instead of CCC'),
+    'pcc': (_setter('pcc', loss='pcc'), 'PCC loss instead of CCC'),
+    'ccc': (_setter('ccc', loss='ccc'), 'CCC loss (the default)'),
+    'audio_only': (_setter('audio_only', **{'model.modalities': ('audio', 'logmel')}),
+                   'audio branches only (raw + log-mel)'),
+    'mocap_only': (_setter('mocap_only', **{'model.modalities': ('mocap',)}),
+                   'mocap branch only'),
+    'raw_audio_only': (_setter('raw_audio_only', **{'model.modalities': ('audio',)}),
+                       'raw-waveform branch only'),
+    'tcn': (_setter('tcn', **{'model.temporal': 'tcn'}),
             'dilated temporal convolutions instead of the bidirectional GRU'),
-    'pmap': (lambda c, _: setattr(c, 'parallel', 'pmap'), 'literal jax.pmap train step'),
+    'pmap': (_setter('pmap', parallel='pmap'), 'literal jax.pmap train step'),
     'seeds': (_seeds, 'seeds=N trains seeds 0..N-1 together'),
 }
 
 
-def apply_variants(config: ml_collections.ConfigDict, arg: str | None) -> ml_collections.ConfigDict:
-  for item in filter(None, (arg or '').split(',')):
-    name, _, value = item.partition('=')
-    if name not in VARIANTS:
-      known = ', '.join(f'{k} ({v[1]})' for k, v in VARIANTS.items())
-      raise ValueError(f'unknown config variant {name!r}; known: {known}')
-    VARIANTS[name][0](config, value or None)
+def apply_variants(config: ml_collections.ConfigDict, arg: str | None,
+                   extra: dict[str, Variant] | None = None) -> ml_collections.ConfigDict:
+  """Applies the variants in `arg`, in order; `extra` are the config file's own variants."""
+  table = {**VARIANTS, **(extra or {})}
+  for name, value in run_config.parse_variants(arg, 'config variants'):
+    if name not in table:
+      raise run_config.unknown_name('variant', name, table, 'config')
+    table[name][0](config, value)
   return config
+
+
+def describe_variants(extra: dict[str, Variant] | None = None) -> str:
+  """One line per variant: `name: what it does` (for --help texts and the README test)."""
+  return '\n'.join(f'{name}: {text}' for name, (_, text) in {**VARIANTS, **(extra or {})}.items())

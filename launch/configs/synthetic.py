@@ -1,4 +1,5 @@
-"""Synthetic multimodal corpus (the default; no download). Variants: see launch/configs/common.py.
+"""Synthetic multimodal corpus (the default; no download). Variants: launch/configs/common.py and
+`SYNTHETIC_VARIANTS` below.
 
     python -m launch.train --config=launch/configs/synthetic.py --workdir=runs/synthetic
     python -m launch.train --config=launch/configs/synthetic.py:stl=valence,mse --workdir=...
@@ -10,38 +11,49 @@
 from launch.configs import common
 
 
+def _grid(config, value):
+  """36 runs of 3 vectorised seeds in under 30 minutes on 2 CPU cores: shorter training, a
+  smaller batch and a narrower front end of the raw-audio branch (its first two convolutions
+  are 42% of the default step, BUILD_NOTES.md "Benchmarks")."""
+  common._no_value('grid', value)  # pylint: disable=protected-access
+  config.global_batch = 16
+  config.num_steps = 200
+  config.optimizer.warmup_steps = 20
+  config.model.audio_channels = (8, 16, 32, 64)
+  config.log_every = 100
+  config.eval_every = 200
+  config.checkpoint_every = 200
+
+
+def _tiny(config, value):
+  """The tiny corpus and a model small enough that tests and smoke runs mostly compile."""
+  common._no_value('tiny', value)  # pylint: disable=protected-access
+  config.dataset = 'synthetic_avd:tiny'
+  config.global_batch = 8
+  config.num_steps = 20
+  config.log_every = 5
+  config.eval_every = 10
+  config.checkpoint_every = 10
+  config.eval_batch = 16
+  config.model.audio_channels = (8, 8, 16, 16)
+  config.model.logmel_width = 16
+  config.model.mocap_width = 16
+  config.model.trunk_width = 16
+  config.model.tcn_dilations = (1, 2)
+  # The scan of the GRU compiles several times slower than convolutions on CPU; the tiny
+  # config serves tests and smoke runs, where compiling is most of the time.
+  config.model.temporal = 'tcn'
+  config.model.gru_hidden = 16
+  config.model.head_hidden = 8
+
+
+SYNTHETIC_VARIANTS = {
+    'grid': (_grid, 'the budget of one experiment-grid cell (200 steps, batch 16)'),
+    'tiny': (_tiny, 'the tiny corpus (synthetic_avd:tiny) and a tiny model, 20 steps'),
+}
+
+
 def get_config(arg=None):
   config = common.base_config()
-  config.dataset = 'synthetic_avd/default'
-  names = (arg or '').split(',')
-  variants = [v for v in names if v and v not in ('tiny', 'grid')]
-  if 'grid' in names:
-    # 36 runs of 3 vectorised seeds in under 30 minutes on 2 CPU cores: shorter training, a
-    # smaller batch and a narrower front end of the raw-audio branch (its first two
-    # convolutions are 42% of the default step, BUILD_NOTES.md "Benchmarks").
-    config.global_batch = 16
-    config.num_steps = 200
-    config.optimizer.warmup_steps = 20
-    config.model.audio_channels = (8, 16, 32, 64)
-    config.log_every = 100
-    config.eval_every = 200
-    config.checkpoint_every = 200
-  if 'tiny' in names:
-    config.dataset = 'synthetic_avd/tiny'
-    config.global_batch = 8
-    config.num_steps = 20
-    config.log_every = 5
-    config.eval_every = 10
-    config.checkpoint_every = 10
-    config.eval_batch = 16
-    config.model.audio_channels = (8, 8, 16, 16)
-    config.model.logmel_width = 16
-    config.model.mocap_width = 16
-    config.model.trunk_width = 16
-    config.model.tcn_dilations = (1, 2)
-    # The scan of the GRU compiles several times slower than convolutions on CPU; the tiny
-    # config serves tests and smoke runs, where compiling is most of the time.
-    config.model.temporal = 'tcn'
-    config.model.gru_hidden = 16
-    config.model.head_hidden = 8
-  return common.apply_variants(config, ','.join(variants))
+  config.dataset = 'synthetic_avd'
+  return common.apply_variants(config, arg, SYNTHETIC_VARIANTS)

@@ -1,0 +1,360 @@
+"""The run record: one typed, immutable description of a run, from the config file to the
+restored model.
+
+Owns `RunConfig` (what to train and how), `ModelConfig` and `OptimizerConfig` (its parts),
+`ModelInfo` (what the prepared dataset told the model: tasks, input sizes, normalisation), the
+names every other module checks values against, and the one variant syntax of the command lines.
+
+Config files are ml_collections `ConfigDict`s (absl's `--config.FIELD=VALUE` overrides work on
+them); the launch scripts turn one into a `RunConfig` once, with `RunConfig.from_mapping`, which
+rejects an unknown field or a bad value by its dotted name. From there on the run is the frozen
+dataclass: the compile caches key on its parts, checkpoints store it as JSON next to `ModelInfo`,
+and restoring gives it back typed. `leaf_differences` names the changed leaves
+(`model.gru_hidden: 64 -> 32`) when a workdir is resumed with another config.
+
+Variants (`name` or `name=value`, comma-separated) are one syntax everywhere: after the colon of
+a config file (`launch/configs/synthetic.py:tiny,stl=valence`) and of a dataset spec
+(`synthetic_avd:tiny,window=150`), see `parse_variants`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import re
+import types
+import typing
+from typing import Any, Mapping
+
+from ccc_jax.errors import ConfigError
+
+LOSSES = ('ccc', 'pcc', 'mse')
+MODALITIES = ('audio', 'logmel', 'mocap')
+TEMPORAL_MODELS = ('tcn', 'gru')
+PARALLEL_MODES = ('shard_map', 'pmap')
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+  """Hyper-parameters of `models.AVDNet`, sized to train in minutes on 2 CPU cores (T=100)."""
+  # Which branches exist, a subset of MODALITIES.
+  modalities: tuple[str, ...] = ('audio', 'logmel', 'mocap')
+  # Raw-audio branch: strided 1-D convolutions from 16 kHz down to 25 Hz. The strides must
+  # multiply to the samples per label frame (640), so that with SAME padding the branch yields
+  # exactly T frames. The first layers run at the highest rates, so they stay narrow.
+  audio_channels: tuple[int, ...] = (16, 32, 64, 64)
+  audio_kernel_sizes: tuple[int, ...] = (20, 8, 8, 8)
+  audio_strides: tuple[int, ...] = (10, 4, 4, 4)
+  # Log-mel branch: the 4 log-mel frames (10 ms hop) of each 40 ms label frame are stacked and
+  # passed through a per-frame MLP.
+  logmel_frames_per_label: int = 4
+  logmel_width: int = 64
+  # Mocap branch: per-frame MLP over the marker features.
+  mocap_width: int = 64
+  # Fused per-frame representation and the temporal model over it.
+  trunk_width: int = 64
+  # 'gru': measured dev CCC 0.79 against 0.70 for 'tcn' at the same speed (BUILD_NOTES.md).
+  temporal: str = 'gru'
+  tcn_kernel_size: int = 3
+  # Receptive field 1 + (kernel - 1) * sum(dilations) = 31 frames (1.24 s).
+  tcn_dilations: tuple[int, ...] = (1, 2, 4, 8)
+  gru_hidden: int = 64  # per direction
+  gru_layers: int = 1
+  # Per-task head: one hidden layer per task on top of the shared trunk.
+  head_hidden: int = 32
+
+  def __post_init__(self):
+    _require(self.modalities, 'model.modalities', 'at least one modality')
+    for name in self.modalities:
+      _choice(name, MODALITIES, 'model.modalities')
+    if len(set(self.modalities)) != len(self.modalities):
+      raise ConfigError(f'model.modalities has duplicates: {self.modalities}')
+    _choice(self.temporal, TEMPORAL_MODELS, 'model.temporal')
+    for field in ('logmel_frames_per_label', 'logmel_width', 'mocap_width', 'trunk_width',
+                  'tcn_kernel_size', 'gru_hidden', 'gru_layers', 'head_hidden'):
+      _positive(getattr(self, field), f'model.{field}')
+    for field in ('audio_channels', 'audio_kernel_sizes', 'audio_strides', 'tcn_dilations'):
+      for value in getattr(self, field):
+        _positive(value, f'model.{field}')
+
+
+@dataclasses.dataclass(frozen=True)
+class OptimizerConfig:
+  """AdamW with linear warm-up and cosine decay, after global-norm gradient clipping."""
+  learning_rate: float = 2e-3
+  warmup_steps: int = 100
+  end_learning_rate_fraction: float = 0.05
+  weight_decay: float = 1e-4
+  clip_norm: float = 1.0
+
+  def __post_init__(self):
+    _positive(self.learning_rate, 'optimizer.learning_rate')
+    _positive(self.clip_norm, 'optimizer.clip_norm')
+    if self.warmup_steps < 0 or self.weight_decay < 0 or self.end_learning_rate_fraction < 0:
+      raise ConfigError('optimizer.warmup_steps, weight_decay and end_learning_rate_fraction '
+                        'must not be negative')
+
+
+@dataclasses.dataclass(frozen=True)
+class RunConfig:
+  """Everything that decides what a training run computes, and how it reports."""
+  dataset: str = 'synthetic_avd'  # a dataset spec as `launch.prepare` takes it (`DatasetSpec`)
+  data_dir: str = 'data'
+  tasks: tuple[str, ...] = ('activation', 'valence', 'dominance')
+  task_weights: tuple[float, ...] | None = None  # None: equal weights (mean of per-task losses)
+  loss: str = 'ccc'
+  model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
+  seeds: tuple[int, ...] = (0,)  # several seeds train together, vectorised
+  parallel: str = 'shard_map'
+  global_batch: int = 32
+  num_steps: int = 800  # synthetic default: dev CCC plateaus from ~750 steps (BUILD_NOTES.md)
+  optimizer: OptimizerConfig = dataclasses.field(default_factory=OptimizerConfig)
+  log_every: int = 50
+  eval_every: int = 200
+  checkpoint_every: int = 200
+  eval_batch: int = 64
+  data_workers: int = 0
+  prefetch: int = 4
+
+  def __post_init__(self):
+    _require(self.tasks, 'tasks', 'at least one task')
+    if len(set(self.tasks)) != len(self.tasks):
+      raise ConfigError(f'tasks has duplicates: {self.tasks}')
+    if self.task_weights is not None:
+      if len(self.task_weights) != len(self.tasks):
+        raise ConfigError(f'task_weights has {len(self.task_weights)} values for '
+                          f'{len(self.tasks)} tasks {self.tasks}')
+      if any(w < 0 for w in self.task_weights) or sum(self.task_weights) <= 0:
+        raise ConfigError(f'task_weights must be non-negative with a positive sum, got '
+                          f'{self.task_weights}')
+    _choice(self.loss, LOSSES, 'loss')
+    _choice(self.parallel, PARALLEL_MODES, 'parallel')
+    _require(self.seeds, 'seeds', 'at least one seed')
+    if len(set(self.seeds)) != len(self.seeds) or min(self.seeds) < 0:
+      raise ConfigError(f'seeds must be distinct non-negative integers, got {self.seeds}')
+    for field in ('global_batch', 'num_steps', 'log_every', 'eval_every', 'checkpoint_every',
+                  'eval_batch'):
+      _positive(getattr(self, field), field)
+    if self.data_workers < 0 or self.prefetch < 0:
+      raise ConfigError('data_workers and prefetch must not be negative')
+
+  @classmethod
+  def from_mapping(cls, values: Mapping[str, Any]) -> 'RunConfig':
+    """A `RunConfig` from a nested mapping (a `ConfigDict.to_dict()` or saved JSON).
+
+    Raises:
+      ConfigError: an unknown field (with the closest known name), a value of the wrong type,
+        or a value a field cannot take; the message names the field by its dotted path.
+    """
+    return _build(cls, values, '')
+
+  def to_json(self) -> dict[str, Any]:
+    """A JSON-able nested dict that `from_mapping` turns back into an equal `RunConfig`."""
+    return _plain(dataclasses.asdict(self))
+
+  def replace(self, **changes) -> 'RunConfig':
+    return dataclasses.replace(self, **changes)
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelInfo:
+  """What the prepared dataset tells a model, saved with every checkpoint: what inference needs
+  besides the parameters."""
+  tasks: tuple[str, ...]
+  input_dims: dict[str, int]
+  stats: dict[str, Any]
+  window: int
+  hop: int
+  sample_rate: int
+  label_rate: int
+  dataset: str
+
+  def to_json(self) -> dict[str, Any]:
+    return _plain(dataclasses.asdict(self))
+
+  @classmethod
+  def from_json(cls, data: Mapping[str, Any]) -> 'ModelInfo':
+    data = dict(data)
+    data['tasks'] = tuple(data['tasks'])
+    return cls(**data)
+
+  @property
+  def input_dims_key(self) -> tuple[tuple[str, int], ...]:
+    """`input_dims` in a hashable form, for compile caches."""
+    return tuple(sorted(self.input_dims.items()))
+
+
+def leaf_differences(old: Mapping[str, Any], new: Mapping[str, Any],
+                     ignore: tuple[str, ...] = ()) -> list[str]:
+  """`'path: old -> new'` for every leaf that differs between two nested dicts, `ignore`d paths
+  left out."""
+  flat_old, flat_new = _flatten(old), _flatten(new)
+  return [f'{key}: {flat_old.get(key, "(absent)")!r} -> {flat_new.get(key, "(absent)")!r}'
+          for key in sorted(set(flat_old) | set(flat_new))
+          if key not in ignore and flat_old.get(key) != flat_new.get(key)]
+
+
+def parse_variants(text: str | None, where: str) -> list[tuple[str, str | None]]:
+  """`'tiny,stl=valence'` -> `[('tiny', None), ('stl', 'valence')]`.
+
+  The one variant syntax: comma-separated items, each `name` or `name=value`. A value that
+  itself holds commas (a tuple) is written with `+` between its items (`dev_actors=a01+a02`).
+  """
+  items = []
+  for item in filter(None, (part.strip() for part in (text or '').split(','))):
+    name, separator, value = item.partition('=')
+    name = name.strip()
+    if not re.fullmatch(r'[A-Za-z_][A-Za-z0-9_]*', name) or (separator and not value.strip()):
+      raise ConfigError(f'{where}: {item!r} is not a variant; expected NAME or NAME=VALUE')
+    items.append((name, value.strip() if separator else None))
+  return items
+
+
+@dataclasses.dataclass(frozen=True)
+class DatasetSpec:
+  """A prepared dataset named as the command lines name it: `NAME[:CONFIG][,FIELD=VALUE...]`.
+
+  `synthetic_avd` is the builder's `default` config, `synthetic_avd:tiny` its `tiny` config, and
+  `synthetic_avd:tiny,window=150` the `tiny` config with one field changed, prepared under its
+  own name (`tiny_window-150`) so differently prepared data never shares a folder. The TFDS
+  spelling `synthetic_avd/tiny` is accepted too.
+  """
+  dataset: str
+  config: str = 'default'
+  overrides: tuple[tuple[str, str], ...] = ()
+
+  @classmethod
+  def parse(cls, spec: str) -> 'DatasetSpec':
+    spec = spec.strip()
+    name, _, variants = spec.partition(':')
+    name, _, tfds_config = name.partition('/')
+    if not re.fullmatch(r'[a-z][a-z0-9_]*', name):
+      raise ConfigError(f'dataset {spec!r}: expected NAME or NAME:CONFIG,FIELD=VALUE,... '
+                        '(e.g. synthetic_avd:tiny)')
+    configs = [item for item, value in parse_variants(variants, f'dataset {spec}')
+               if value is None]
+    overrides = tuple((item, value) for item, value in parse_variants(variants, f'dataset {spec}')
+                      if value is not None)
+    if tfds_config:
+      configs.insert(0, tfds_config)
+    if len(configs) > 1:
+      raise ConfigError(f'dataset {spec!r} names configs {configs}; name at most one')
+    return cls(name, configs[0] if configs else 'default', overrides)
+
+  @property
+  def config_name(self) -> str:
+    """The prepared config's name: the config, then each override (`tiny_window-150`)."""
+    suffix = [re.sub(r'[^A-Za-z0-9]+', '-', f'{key}-{value}').strip('-')
+              for key, value in self.overrides]
+    return '_'.join([self.config] + suffix)
+
+  @property
+  def tfds_name(self) -> str:
+    return f'{self.dataset}/{self.config_name}'
+
+  def __str__(self) -> str:
+    items = ([] if self.config == 'default' and self.overrides else [self.config]) + [
+        f'{key}={value}' for key, value in self.overrides]
+    if items == ['default']:
+      return self.dataset
+    return f'{self.dataset}:{",".join(items)}'
+
+
+def unknown_name(kind: str, name: str, known, where: str) -> ConfigError:
+  """A `ConfigError` for an unknown `name`, with the closest known one and the full list."""
+  known = sorted(known)
+  close = difflib.get_close_matches(name, known, n=1)
+  hint = f'did you mean {close[0]!r}? ' if close else ''
+  return ConfigError(f'{where}: unknown {kind} {name!r}; {hint}known: {", ".join(known)}')
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def _require(value, name: str, what: str) -> None:
+  if not value:
+    raise ConfigError(f'{name} is empty; it needs {what}')
+
+
+def _choice(value, choices, name: str) -> None:
+  if value not in choices:
+    raise ConfigError(f'{name} must be one of {", ".join(choices)}; got {value!r}')
+
+
+def _positive(value, name: str) -> None:
+  if not value > 0:
+    raise ConfigError(f'{name} must be positive, got {value!r}')
+
+
+def _build(cls, values: Mapping[str, Any], prefix: str):
+  if not isinstance(values, Mapping):
+    raise ConfigError(f'{prefix.rstrip(".") or "config"} must be a group of fields, got '
+                      f'{values!r}')
+  fields = {f.name: f for f in dataclasses.fields(cls)}
+  hints = typing.get_type_hints(cls)
+  for key in values:
+    if key not in fields:
+      raise unknown_name('field', f'{prefix}{key}', [f'{prefix}{k}' for k in fields],
+                         'config')
+  kwargs = {}
+  for name in fields:
+    if name not in values:
+      continue
+    kwargs[name] = _convert(values[name], hints[name], f'{prefix}{name}')
+  return cls(**kwargs)
+
+
+def _convert(value, hint, name: str):
+  """`value` as type `hint` (dataclass, tuple, optional, str, int, float, bool)."""
+  origin = typing.get_origin(hint)
+  if dataclasses.is_dataclass(hint):
+    return _build(hint, value, f'{name}.')
+  if origin in (typing.Union, types.UnionType):
+    options = [a for a in typing.get_args(hint) if a is not type(None)]
+    if value is None:
+      return None
+    return _convert(value, options[0], name)
+  if origin is tuple:
+    item_type = typing.get_args(hint)[0]
+    if isinstance(value, str) or not isinstance(value, (list, tuple)):
+      value = [value]  # a single value where a tuple is expected: a 1-tuple
+    return tuple(_convert(v, item_type, name) for v in value)
+  if hint is bool:
+    if not isinstance(value, bool):
+      raise ConfigError(f'{name} must be true or false, got {value!r}')
+    return value
+  if hint is int:
+    if isinstance(value, bool) or not isinstance(value, int):
+      if isinstance(value, float) and value.is_integer():
+        return int(value)
+      raise ConfigError(f'{name} must be a whole number, got {value!r}')
+    return value
+  if hint is float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+      raise ConfigError(f'{name} must be a number, got {value!r}')
+    return float(value)
+  if hint is str:
+    if not isinstance(value, str):
+      raise ConfigError(f'{name} must be text, got {value!r}')
+    return value
+  if hint is dict or typing.get_origin(hint) is dict:
+    return dict(value)
+  return value
+
+
+def _plain(value):
+  if isinstance(value, dict):
+    return {k: _plain(v) for k, v in value.items()}
+  if isinstance(value, (list, tuple)):
+    return [_plain(v) for v in value]
+  return value
+
+
+def _flatten(tree: Mapping[str, Any], prefix: str = '') -> dict[str, Any]:
+  flat = {}
+  for key, value in tree.items():
+    if isinstance(value, Mapping):
+      flat.update(_flatten(value, f'{prefix}{key}.'))
+    else:
+      flat[f'{prefix}{key}'] = tuple(value) if isinstance(value, list) else value
+  return flat
