@@ -8,6 +8,7 @@ training and at inference time.
 from __future__ import annotations
 
 import os
+import struct
 from typing import NamedTuple
 
 import librosa
@@ -48,8 +49,40 @@ def audio_info(path: str | os.PathLike) -> AudioInfo:
     raise DataError(f'{path}: not a readable audio file ({error})') from error
   if info.frames <= 0:
     raise DataError(f'{path}: audio file contains no samples')
+  declared = _wav_declared_frames(path)
+  if declared is not None and declared > info.frames:
+    raise DataError(f'{path}: audio data shorter than its header says ({info.frames} of '
+                    f'{declared} samples, {info.frames / info.samplerate:.2f} of '
+                    f'{declared / info.samplerate:.2f} s): the file is truncated')
   return AudioInfo(sample_rate=int(info.samplerate), num_samples=int(info.frames),
                    channels=int(info.channels))
+
+
+def _wav_declared_frames(path: str) -> int | None:
+  """Sample frames a RIFF/WAVE header declares in its `data` chunk (None: not a plain WAV).
+
+  libsndfile reports the frames actually present, so a WAV cut short (a failed copy) would
+  otherwise pass as a shorter recording.
+  """
+  with open(path, 'rb') as f:
+    if f.read(4) != b'RIFF' or (f.read(4) and f.read(4) != b'WAVE'):
+      return None
+    block_align = None
+    while True:
+      chunk = f.read(8)
+      if len(chunk) < 8:
+        return None
+      name, size = chunk[:4], struct.unpack('<I', chunk[4:])[0]
+      if name == b'fmt ':
+        block_align = struct.unpack('<H', f.read(16)[12:14])[0]
+        f.seek(size - 16 + (size & 1), os.SEEK_CUR)
+      elif name == b'data':
+        # 0 and 0xFFFFFFFF mark streams written without a known length.
+        if not block_align or size in (0, 0xFFFFFFFF):
+          return None
+        return size // block_align
+      else:
+        f.seek(size + (size & 1), os.SEEK_CUR)
 
 
 def load_audio(path: str | os.PathLike) -> np.ndarray:

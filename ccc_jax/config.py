@@ -86,10 +86,15 @@ class OptimizerConfig:
   end_learning_rate_fraction: float = 0.05
   weight_decay: float = 1e-4
   clip_norm: float = 1.0
+  # Steps of the cosine decay; None: `num_steps`. Set it to make the schedule independent of
+  # `num_steps`, so a run can be resumed with a larger `num_steps` and continue exactly.
+  decay_steps: int | None = None
 
   def __post_init__(self):
     _positive(self.learning_rate, 'optimizer.learning_rate')
     _positive(self.clip_norm, 'optimizer.clip_norm')
+    if self.decay_steps is not None:
+      _positive(self.decay_steps, 'optimizer.decay_steps')
     if self.warmup_steps < 0 or self.weight_decay < 0 or self.end_learning_rate_fraction < 0:
       raise ConfigError('optimizer.warmup_steps, weight_decay and end_learning_rate_fraction '
                         'must not be negative')

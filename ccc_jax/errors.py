@@ -27,3 +27,11 @@ class TrainingDiverged(RuntimeError):
 
 class OutputError(OSError):
   """An output file or folder cannot be written (full disk, read-only, a folder in the way)."""
+
+
+class Interrupted(RuntimeError):
+  """A run was stopped by the user (Ctrl-C); the message says where and how to go on."""
+
+
+class InUse(RuntimeError):
+  """A workdir or a dataset is being written by another process right now."""

@@ -4,19 +4,22 @@ Every file ccc-jax writes for a user (traces CSV, plots, evaluation and summary 
 results) goes through `atomic_write`: the content is written to a temporary file in the same
 folder and renamed over the target only when complete, so a full disk, a kill or an exception
 leaves the previous file (or none), never a truncated one. An `OSError` comes back as one
-`OutputError` line naming the file.
+`OutputError` line naming the file. `exclusive` keeps two processes from writing one workdir or
+dataset at once.
 """
 
 from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import json
 import os
+import socket
 import tempfile
 from typing import Any, Callable, Iterator
 
-from ccc_jax.errors import OutputError
+from ccc_jax.errors import InUse, OutputError
 
 
 def _reason(error: OSError) -> str:
@@ -94,3 +97,32 @@ def write_with(path: str | os.PathLike, writer: Callable[[Any], None], mode: str
   """Calls `writer(file object)` inside `atomic_write` (for savefig, savetxt and the like)."""
   with atomic_write(path, mode) as f:
     writer(f)
+
+
+@contextlib.contextmanager
+def exclusive(lock_path: str, what: str) -> Iterator[None]:
+  """Holds an exclusive lock on `lock_path` for the block; `InUse` if another process holds it.
+
+  A `flock` lock: the kernel releases it when its process ends, however it ends, so a killed run
+  never leaves `what` locked. The file says who holds it, for the message.
+  """
+  try:
+    handle = open(lock_path, 'a+')
+  except OSError as error:
+    raise output_error(lock_path, error, 'cannot create the lock file') from None
+  with handle:
+    try:
+      fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+      handle.seek(0)
+      holder = handle.read().strip() or 'another process'
+      raise InUse(f'{what} is in use by {holder}; wait for it to finish, or use another '
+                  'folder') from None
+    handle.seek(0)
+    handle.truncate()
+    handle.write(f'process {os.getpid()} on {socket.gethostname()}')
+    handle.flush()
+    try:
+      yield
+    finally:
+      fcntl.flock(handle, fcntl.LOCK_UN)

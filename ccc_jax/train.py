@@ -13,6 +13,7 @@ its own initialisation and data order). Stacked parameters are what checkpoints 
 
 from __future__ import annotations
 
+import errno
 import functools
 import json
 import math
@@ -35,7 +36,7 @@ from ccc_jax import losses
 from ccc_jax import models
 from ccc_jax import sharding
 from ccc_jax.config import ModelConfig, ModelInfo, OptimizerConfig, RunConfig, leaf_differences
-from ccc_jax.errors import CheckpointError, TrainingDiverged
+from ccc_jax.errors import CheckpointError, Interrupted, OutputError, TrainingDiverged
 
 
 class TrainState(struct.PyTreeNode):
@@ -70,10 +71,12 @@ def _compiled_init(model_config: ModelConfig, input_dims: tuple[tuple[str, int],
 
 
 def make_optimizer(optimizer: OptimizerConfig, num_steps: int) -> optax.GradientTransformation:
-  """AdamW with linear warm-up and cosine decay over `num_steps`, after global-norm clipping."""
+  """AdamW with linear warm-up and cosine decay over `optimizer.decay_steps` (default
+  `num_steps`), after global-norm gradient clipping."""
+  decay_steps = optimizer.decay_steps or num_steps
   schedule = optax.warmup_cosine_decay_schedule(
       init_value=0.0, peak_value=optimizer.learning_rate, warmup_steps=optimizer.warmup_steps,
-      decay_steps=max(num_steps, optimizer.warmup_steps + 1),
+      decay_steps=max(decay_steps, optimizer.warmup_steps + 1),
       end_value=optimizer.learning_rate * optimizer.end_learning_rate_fraction)
   return optax.chain(optax.clip_by_global_norm(optimizer.clip_norm),
                      optax.adamw(schedule, weight_decay=optimizer.weight_decay))
@@ -148,12 +151,20 @@ def seed_iterators(config, corpus: input_pipeline.Corpus) -> input_pipeline.Seed
 
 # Fields that may change between a run and its resumption (they do not change what is computed).
 # `data_dir` may move: the dataset is checked by identity (`ModelInfo`), not by path.
-RESUMABLE_CHANGES = ('num_steps', 'log_every', 'eval_every', 'checkpoint_every', 'data_workers',
-                     'prefetch', 'eval_batch', 'data_dir')
+# `num_steps` may change only when `optimizer.decay_steps` fixes the learning-rate schedule.
+RESUMABLE_CHANGES = ('log_every', 'eval_every', 'checkpoint_every', 'data_workers', 'prefetch',
+                     'eval_batch', 'data_dir')
 
 
 def _check_same_run(saved: dict, config: RunConfig, info: ModelInfo, workdir: str) -> None:
-  differing = leaf_differences(saved['config'], config.to_json(), ignore=RESUMABLE_CHANGES)
+  resumable = RESUMABLE_CHANGES
+  if config.optimizer.decay_steps is not None:
+    resumable += ('num_steps',)
+  differing = leaf_differences(saved['config'], config.to_json(), ignore=resumable)
+  if any(d.startswith('num_steps:') for d in differing):
+    differing.append('(num_steps sets the length of the cosine learning-rate decay, so the run '
+                     'would not continue as it started; to train a run longer than it planned, '
+                     'start it with --config.optimizer.decay_steps=N, which fixes the schedule)')
   if differing:
     raise CheckpointError(f'{workdir} holds a run with another config ({"; ".join(differing)}); '
                           'use a new workdir or the saved config')
@@ -169,12 +180,22 @@ def _check_same_run(saved: dict, config: RunConfig, info: ModelInfo, workdir: st
 class _MetricWriter:
   """Metrics as JSON lines (`metrics.jsonl`) and TensorBoard event files, from process 0."""
 
-  def __init__(self, workdir: str):
+  def __init__(self, workdir: str, resumed_step: int):
+    """Rows after `resumed_step` (written by a run killed after its last checkpoint, and about
+    to be trained again) are dropped, so the log holds one row per step and kind."""
     self.enabled = jax.process_index() == 0
     if self.enabled:
       from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
-      self._jsonl = open(os.path.join(workdir, 'metrics.jsonl'), 'a')
-      self._tensorboard = SummaryWriter(os.path.join(workdir, 'tensorboard'))
+      path = os.path.join(workdir, 'metrics.jsonl')
+      if os.path.exists(path):
+        with open(path) as f:
+          kept = [line for line in f if line.strip() and _row_step(line) <= resumed_step]
+        with files.atomic_write(path) as f:
+          f.writelines(kept)
+      self._jsonl = open(path, 'a')
+      # TensorBoard likewise discards the earlier events from `purge_step` on.
+      self._tensorboard = SummaryWriter(os.path.join(workdir, 'tensorboard'),
+                                        purge_step=resumed_step + 1)
 
   def write(self, step: int, kind: str, values: dict[str, float]) -> None:
     if not self.enabled:
@@ -191,6 +212,13 @@ class _MetricWriter:
       self._tensorboard.close()
 
 
+def _row_step(line: str) -> int:
+  try:
+    return int(json.loads(line)['step'])
+  except (ValueError, KeyError, TypeError):
+    return -1  # a line cut by a kill: dropped with the rows after the checkpoint
+
+
 def _log(message: str) -> None:
   if jax.process_index() == 0:
     print(message, flush=True)
@@ -200,9 +228,31 @@ def train_and_evaluate(config: RunConfig, workdir: str,
                        corpus: input_pipeline.Corpus | None = None) -> dict[str, Any]:
   """Trains (resuming from the workdir's latest checkpoint if any), evaluates on dev, saves.
 
+  One run at a time per workdir: a second one started on it stops at once (`InUse`, naming the
+  process that holds it). Ctrl-C stops training with `Interrupted`, saying which checkpoint is
+  kept; a full disk or an unwritable workdir ends with `OutputError` naming the workdir.
+
   Returns the final summary: step, seconds, steps per second, the last and best dev tables.
   """
   files.make_dirs(workdir)
+  if not os.access(workdir, os.W_OK):
+    raise OutputError(errno.EACCES, f'workdir {workdir}: not writable')
+  lock = os.path.join(workdir, f'.lock.process{jax.process_index()}')
+  with files.exclusive(lock, f'workdir {workdir}'):
+    progress = {'step': 0, 'saved': None}
+    try:
+      return _train(config, workdir, corpus, progress)
+    except KeyboardInterrupt:
+      saved = ('no checkpoint yet' if progress['saved'] is None else
+               f"its checkpoint of step {progress['saved']}")
+      raise Interrupted(f"interrupted at step {progress['step']}; {workdir} keeps {saved}: run "
+                        'the same command to resume') from None
+    except OSError as error:
+      raise files.output_error(workdir, error, 'cannot write the run') from None
+
+
+def _train(config: RunConfig, workdir: str, corpus: input_pipeline.Corpus | None,
+           progress: dict[str, Any]) -> dict[str, Any]:
   corpus = corpus or input_pipeline.open_corpus(config.dataset, config.data_dir)
   tasks = config.tasks
   info = corpus.model_info(tasks)  # unknown task names fail here, with the corpus's task list
@@ -223,8 +273,9 @@ def train_and_evaluate(config: RunConfig, workdir: str,
 
   state = parallel.put_state(state)
   step_fn = compiled_train_step(graphdef, config, parallel)
-  writer = _MetricWriter(workdir)
   step = int(latest or 0)
+  progress.update(step=step, saved=latest)
+  writer = _MetricWriter(workdir, step)
   pending: list[tuple[int, Any]] = []  # device metrics not yet checked for NaN
   last_eval: dict[str, Any] | None = None
   start_time, start_step, compile_seconds = time.time(), step, None
@@ -234,6 +285,7 @@ def train_and_evaluate(config: RunConfig, workdir: str,
       tic = time.time()
       state, metrics = step_fn(state, batch)
       step += 1
+      progress['step'] = step
       pending.append((step, metrics))
       if compile_seconds is None:
         jax.block_until_ready(metrics)
@@ -257,6 +309,7 @@ def train_and_evaluate(config: RunConfig, workdir: str,
         if save:
           store.save_latest(step, _snapshot(parallel.get_state(state)), iterators,
                             {**run_info, 'step': step})
+          progress['saved'] = step
         rate = (step - start_step) / max(time.time() - start_time, 1e-9)
         writer.write(step, 'train', {**values, 'steps_per_second': rate})
         dev = '' if last_eval is None else f" | dev CCC {last_eval['mean']['ccc_concat']:.3f}"

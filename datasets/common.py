@@ -92,14 +92,15 @@ def require_finite(values: np.ndarray, path: str | os.PathLike, what: str) -> No
 
 
 def require_similar_length(path: str | os.PathLike, num_frames: int, audio_path: str,
-                           audio_frames: int) -> None:
+                           audio_frames: int, tolerance_frames: int = LENGTH_TOLERANCE_FRAMES,
+                           ) -> None:
   """Raises DataError if a per-frame file and its audio differ by more than the tolerance."""
-  if abs(num_frames - audio_frames) > LENGTH_TOLERANCE_FRAMES:
+  if abs(num_frames - audio_frames) > tolerance_frames:
     raise DataError(
         f'{os.fspath(path)}: {num_frames} frames ({num_frames / features.LABEL_RATE:.2f} s) but '
         f'its audio {audio_path} lasts {audio_frames} frames '
         f'({audio_frames / features.LABEL_RATE:.2f} s); they must agree within '
-        f'{features.LENGTH_TOLERANCE_S} s')
+        f'{tolerance_frames / features.LABEL_RATE:.2f} s')
 
 
 def require_dir(path: str | os.PathLike, what: str) -> str:
@@ -111,11 +112,18 @@ def require_dir(path: str | os.PathLike, what: str) -> str:
 
 
 def manual_dir(dl_manager: tfds.download.DownloadManager) -> str:
-  """The manual_dir given to download_and_prepare, checked to exist and be non-empty."""
-  try:
-    return os.fspath(dl_manager.manual_dir)
-  except AssertionError as error:
-    raise DataError(f'manual_dir: {error}'.split('\n')[0]) from error
+  """The manual_dir given to download_and_prepare, checked to exist and hold something."""
+  path = dl_manager._manual_dir  # pylint: disable=protected-access  (the checked property asserts)
+  if path is None:
+    raise DataError('manual_dir: not given; pass --manual_dir=<the folder holding the corpus>')
+  path = os.fspath(path)
+  if not os.path.isdir(path):
+    raise DataError(f'manual_dir {path}: ' + ('is a file, not a folder' if os.path.exists(path)
+                                              else 'does not exist or is empty'))
+  if not [name for name in os.listdir(path) if not name.startswith('.')]:
+    raise DataError(f'manual_dir {path}: does not exist or is empty; it must hold the corpus '
+                    'files (datasets/README.md says which)')
+  return path
 
 
 class WindowedBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):

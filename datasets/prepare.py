@@ -11,15 +11,15 @@ our temporary folder) are removed by the next run on the same dataset.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import fcntl
+import errno
 import glob
 import os
 import shutil
 import tempfile
 import time
 
+from ccc_jax import files
 from ccc_jax import windows
 from ccc_jax.config import DatasetSpec, unknown_name
 from ccc_jax.errors import ConfigError, DataError, OutputError
@@ -116,31 +116,6 @@ def _remove_stale_temporaries() -> None:
       shutil.rmtree(path, ignore_errors=True)
 
 
-@contextlib.contextmanager
-def _exclusive(lock_path: str, what: str):
-  """Holds an exclusive lock on `lock_path` (released by the kernel if the process dies)."""
-  try:
-    handle = open(lock_path, 'a+')
-  except OSError as error:
-    raise DataError(f'{lock_path}: cannot create the lock file ({error.strerror})') from None
-  with handle:
-    try:
-      fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-      handle.seek(0)
-      holder = handle.read().strip() or 'another process'
-      raise DataError(f'{what} is being prepared by {holder} right now; wait for it to '
-                      'finish') from None
-    handle.seek(0)
-    handle.truncate()
-    handle.write(f'process {os.getpid()} on {os.uname().nodename}')
-    handle.flush()
-    try:
-      yield
-    finally:
-      fcntl.flock(handle, fcntl.LOCK_UN)
-
-
 def prepare_dataset(dataset: str, data_dir: str, manual_dir: str | None = None) -> Summary:
   """Prepares the dataset `dataset` (a spec, e.g. 'synthetic_avd:tiny') under `data_dir`.
 
@@ -149,27 +124,24 @@ def prepare_dataset(dataset: str, data_dir: str, manual_dir: str | None = None) 
     (`tfds.data_source(summary.name, data_dir=data_dir)`), `summary.spec` the spec.
 
   Raises:
-    DataError: a bad input file (nothing readable is left behind), or a data_dir that cannot
-      be written.
+    DataError: a bad input file (nothing readable is left behind).
+    OutputError: data_dir cannot be written (a file, read-only, a full disk).
+    InUse: another process is preparing the same dataset there.
     ConfigError: an unknown dataset, config or field.
   """
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
-  from ccc_jax import files  # pylint: disable=g-import-not-at-top
   spec = DatasetSpec.parse(dataset)
   builder_cls = builder_class(spec.dataset)
   builder_config = make_config(builder_cls, spec)
   data_dir = os.path.abspath(data_dir)
-  try:
-    files.make_dirs(data_dir)
-  except OutputError as error:
-    raise DataError(f'data_dir {error.strerror}') from None
+  files.make_dirs(data_dir)
   if not os.access(data_dir, os.W_OK):
-    raise DataError(f'data_dir {data_dir}: not writable')
+    raise OutputError(errno.EACCES, f'data_dir {data_dir}: not writable')
   dataset_dir = os.path.join(data_dir, builder_cls.name)
   config_dir = os.path.join(dataset_dir, builder_config.name)
   _remove_stale_temporaries()
-  with _exclusive(os.path.join(data_dir, f'.{builder_cls.name}.{builder_config.name}.lock'),
-                  f'{spec} under {data_dir}'):
+  with files.exclusive(os.path.join(data_dir, f'.{builder_cls.name}.{builder_config.name}.lock'),
+                       f'{spec} under {data_dir}'):
     # Holding the lock, any incomplete.* folder is a leftover of a prepare that was killed.
     for leftover in glob.glob(os.path.join(config_dir, 'incomplete.*')):
       shutil.rmtree(leftover, ignore_errors=True)
@@ -186,8 +158,7 @@ def prepare_dataset(dataset: str, data_dir: str, manual_dir: str | None = None) 
               manual_dir=os.path.abspath(manual_dir) if manual_dir else None))
       succeeded = True
     except OSError as error:
-      raise DataError(f'{config_dir}: cannot write the prepared dataset '
-                      f'({files.output_error(config_dir, error).strerror.split(": ")[-1]})') from None
+      raise files.output_error(config_dir, error, 'cannot write the prepared dataset') from None
     finally:
       shutil.rmtree(download_dir, ignore_errors=True)
       if not succeeded:

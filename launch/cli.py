@@ -4,8 +4,11 @@ logging and multi-process start-up."""
 from __future__ import annotations
 
 import contextlib
+import re
 import sys
+from typing import Callable
 
+from absl import app
 from absl import flags
 from absl import logging
 
@@ -16,17 +19,58 @@ def quiet_logging() -> None:
     logging.set_verbosity(logging.WARNING)
 
 
+def fail(program: str, message: str, status: int = 1):
+  """Ends the command with one line on stderr: `<program>: error: <message>`."""
+  print(f'{program}: error: {message}', file=sys.stderr, flush=True)
+  sys.exit(status)
+
+
 @contextlib.contextmanager
 def one_line_errors(program: str):
   """Ends the command with `<program>: error: <message>` and exit status 1 for every problem a
-  user can fix (bad input, config, dataset, checkpoint, output path), instead of a traceback."""
+  user can fix (bad input, config, dataset, checkpoint, output path), instead of a traceback;
+  Ctrl-C ends it with status 130 and the library's word on where it stopped."""
   from ccc_jax import errors  # pylint: disable=g-import-not-at-top
   try:
     yield
   except (errors.DataError, errors.CorpusError, errors.ConfigError, errors.CheckpointError,
-          errors.TrainingDiverged, errors.OutputError) as error:
-    print(f'{program}: error: {error}', file=sys.stderr, flush=True)
-    sys.exit(1)
+          errors.TrainingDiverged, errors.OutputError, errors.InUse) as error:
+    fail(program, str(error))
+  except errors.Interrupted as error:
+    fail(program, str(error), status=130)
+  except KeyboardInterrupt:
+    fail(program, 'interrupted (Ctrl-C); nothing was left half-written', status=130)
+
+
+def _flag_error_message(error: Exception, argv: list[str]) -> str:
+  """One line from what absl and ml_collections raise while parsing flags."""
+  text = str(error.args[0] if error.args else error)
+  if isinstance(error, (AttributeError, KeyError)):  # an unknown --config.FIELD
+    match = re.search(r'Did you mean "([^"]+)" instead of "([^"]+)"', text)
+    name = match.group(2) if match else re.sub(r'\W', '', text.split('\\n')[0])
+    given = next((a.split('=')[0] for a in argv
+                  if a.startswith('--config.') and a.split('=')[0].endswith(f'.{name}')),
+                 f'--config...{name}')
+    hint = f"; did you mean '{match.group(1)}'?" if match else ''
+    return f'{given}: no such config field{hint}'
+  # config_flags puts the traceback of a config file's error inside its message: keep its last
+  # line, the exception itself.
+  raised = re.findall(r'^\s*(?:[\w.]+\.)?(\w+(?:Error|Exception)): (.+)$', text, flags=re.M)
+  if raised:
+    return raised[-1][1]
+  lines = [line.strip() for line in text.splitlines() if line.strip()]
+  return lines[-1] if lines else type(error).__name__
+
+
+def run(main: Callable, program: str) -> None:
+  """`app.run(main)`, but a bad flag (an unknown `--config.FIELD`, an unknown variant, a bad
+  value) ends with one line and exit status 1 instead of a traceback."""
+  def parse(argv):
+    try:
+      return flags.FLAGS(argv)
+    except (flags.Error, AttributeError, KeyError, ValueError, TypeError) as error:
+      fail(program, _flag_error_message(error, argv))
+  app.run(main, flags_parser=parse)
 
 
 def run_config(config_dict):

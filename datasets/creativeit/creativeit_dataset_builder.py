@@ -101,7 +101,9 @@ class Builder(common.WindowedBuilder):
         for actor in _subfolders(os.path.join(root, session, performance)):
           folders.append((session, performance, actor))
     if not folders:
-      raise DataError(f'{root}: no <session>/<performance>/<actor>/ folders')
+      raise DataError(f'{root}: no <session>/<performance>/<actor>/ folders; {_LAYOUT}')
+    if not any(os.path.exists(os.path.join(root, *parts, 'audio.wav')) for parts in folders):
+      raise DataError(_layout_problem(root))
     markers, by_actor = None, {}
     for session, performance, actor in folders:
       folder = os.path.join(root, session, performance, actor)
@@ -179,6 +181,24 @@ class Builder(common.WindowedBuilder):
         recording_id=source.recording_id, num_frames=source.num_frames,
         audio=audio_io.load_audio(os.path.join(source.folder, 'audio.wav')),
         labels=source.labels, frame_features={'mocap': mocap})
+
+
+_LAYOUT = ('expected <manual_dir>/<session>/<performance>/<actor>/ folders holding audio.wav, '
+           'mocap.csv and annotations/ (datasets/README.md)')
+
+
+def _layout_problem(root: str) -> str:
+  """What is wrong when no <session>/<performance>/<actor>/ folder of `root` has an audio.wav."""
+  for folder, _, names in os.walk(root):
+    if 'audio.wav' in names:
+      found = os.path.relpath(os.path.join(folder, 'audio.wav'), root)
+      levels = len(found.split(os.sep)) - 1
+      if levels > 3:
+        deeper = os.path.join(root, *found.split(os.sep)[:levels - 3])
+        return (f'{root}: the recordings are {levels - 3} folder level(s) deeper than expected '
+                f'(found {found}); pass --manual_dir={deeper}; {_LAYOUT}')
+      return f'{root}: found {found}, {3 - levels} folder level(s) too shallow; {_LAYOUT}'
+  return f'{root}: no audio.wav anywhere below it; {_LAYOUT}'
 
 
 def _subfolders(path: str) -> list[str]:

@@ -7,7 +7,7 @@ on the 25 Hz grid (row k at 40 k ms) and returned as one value per label frame.
 
 from __future__ import annotations
 
-import io
+import csv
 import os
 
 import numpy as np
@@ -59,17 +59,29 @@ def read_arff(path: str | os.PathLike, drop: tuple[str, ...] = ()) -> tuple[list
     raise DataError(f'{path}: not an ARFF file (no @attribute lines or no @data section)')
   keep = [index for index, (name, kind) in enumerate(zip(names, kinds))
           if kind in _NUMERIC_TYPES and name not in drop]
-  rows = [line for line in lines[data_start:] if line.strip() and not line.startswith('%')]
+  # (file line number, text) of each data row; line numbers count from 1, as an editor does.
+  rows = [(number + 1, line) for number, line in enumerate(lines[data_start:], start=data_start)
+          if line.strip() and not line.startswith('%')]
   if not rows:
     raise DataError(f'{path}: the @data section is empty')
-  try:
-    table = np.loadtxt(io.StringIO('\n'.join(rows)), delimiter=',', usecols=keep,
-                       dtype=np.float64, ndmin=2, quotechar="'")
-  except ValueError as error:
-    raise DataError(f'{path}: data rows cannot be parsed ({error})') from error
-  if not np.all(np.isfinite(table)):
-    row = int(np.flatnonzero(~np.isfinite(table).all(axis=1))[0])
-    raise DataError(f'{path}: NaN or infinite value in data row {row + 1}')
+  table = np.empty((len(rows), len(keep)), np.float64)
+  for index, (number, line) in enumerate(rows):
+    fields = next(csv.reader([line], quotechar="'", skipinitialspace=True))
+    if len(fields) != len(names):
+      raise DataError(f'{path}: line {number} has {len(fields)} values; the header declares '
+                      f'{len(names)} attributes')
+    for column, attribute in enumerate(keep):
+      field = fields[attribute].strip()
+      try:
+        value = float(field)
+      except ValueError:
+        what = 'a missing value (?)' if field == '?' else f'"{field[:20]}", not a number'
+        raise DataError(f'{path}: line {number}: {what} for attribute '
+                        f'{names[attribute]}') from None
+      if not np.isfinite(value):
+        raise DataError(f'{path}: line {number}: NaN or infinite value for attribute '
+                        f'{names[attribute]}')
+      table[index, column] = value
   return [names[index] for index in keep], table
 
 

@@ -14,6 +14,7 @@ import dataclasses
 import os
 import re
 
+from absl import logging
 import numpy as np
 
 from ccc_jax import audio_io
@@ -22,6 +23,10 @@ from ccc_jax.errors import DataError
 from datasets import common
 from datasets.recola import readers
 
+# The six raters of the AVEC 2016 package's individual ratings (ratings_individual/*/*.csv).
+RATERS = ('FM1', 'FM2', 'FM3', 'FF1', 'FF2', 'FF3')
+# Label rows a recording may have past its audio's last frame (the published extra row).
+_LABEL_ROWS_PAST_AUDIO = 1
 TASKS = ('arousal', 'valence')
 _AUDIO_NAME = re.compile(r'^(train|dev|test)_(\d+)\.wav$')
 _SPLITS = ('train', 'dev', 'test')
@@ -110,7 +115,13 @@ class Builder(common.WindowedBuilder):
         per_task = []
         for task in TASKS:
           path, values = self._read_labels(label_dirs[task], recording_id)
-          common.require_similar_length(path, len(values), audio_path, audio_frames)
+          # The published gold standard has one row more than the audio has frames (a row at
+          # t = 300.00 s for 300 s of audio); more than that is another length, not rounding.
+          common.require_similar_length(path, len(values), audio_path, audio_frames,
+                                        tolerance_frames=_LABEL_ROWS_PAST_AUDIO)
+          if len(values) > audio_frames:
+            logging.info('%s: %d label row(s) past the end of its audio dropped', path,
+                         len(values) - audio_frames)
           per_task.append(values)
         num_frames = min([audio_frames] + [len(values) for values in per_task])
         labels = np.stack([values[:num_frames] for values in per_task], axis=1)
@@ -141,7 +152,11 @@ class Builder(common.WindowedBuilder):
       path = os.path.join(label_dir, f'{recording_id}.arff')
       return path, readers.read_gold_standard_arff(path)
     path = os.path.join(label_dir, f'{recording_id}.csv')
-    _, ratings = readers.read_ratings_csv(path)
+    raters, ratings = readers.read_ratings_csv(path)
+    if sorted(raters) != sorted(RATERS):
+      raise DataError(f'{path}: expected the ratings of the {len(RATERS)} AVEC 2016 raters '
+                      f'{", ".join(RATERS)}; found {", ".join(raters) or "none"} (missing: '
+                      f'{", ".join(sorted(set(RATERS) - set(raters))) or "none"})')
     return path, ratings.mean(axis=1)
 
   def _load_recording(self, source: _Source) -> common.Recording:
