@@ -59,7 +59,7 @@ def _default_setup(data_dir: str):
   """The default synthetic config (launch/configs/synthetic.py), its corpus and ModelInfo."""
   config = cli.run_config(synthetic.get_config()).replace(data_dir=data_dir)
   corpus = input_pipeline.open_corpus(config.dataset, data_dir)
-  info = corpus.model_info(config.tasks)
+  info = corpus.model_info(config.tasks, config.model.modalities)
   return config, corpus, info
 
 

@@ -4,7 +4,8 @@ Modules, each with one job (imports point downward through this list):
 
 - `errors`, `config` (the typed run record and the variant syntax), `files` (atomic writes);
 - `losses`, `metrics` (the numbers), `report` (markdown tables), `plots`;
-- `audio_io`, `features`, `formats` (CSV tables), `windows`;
+- `audio_io`, `features`, `egemaps` (openSMILE's eGeMAPS LLDs), `formats` (CSV tables),
+  `windows`;
 - `models`, `sharding` (device layout), `input_pipeline` (prepared corpora, grain);
 - `checkpoints` (the checkpoint layout, restore), `postprocess` (tuning and its file),
   `evaluation` (scoring a split), `train`, `inference` (the `Predictor`), `experiments`.
@@ -26,9 +27,10 @@ _LAZY = {
     'RunConfig': 'ccc_jax.config',
 }
 
-_MODULES = ('audio_io', 'checkpoints', 'config', 'errors', 'evaluation', 'experiments',
-            'features', 'files', 'formats', 'inference', 'input_pipeline', 'losses', 'metrics',
-            'models', 'plots', 'postprocess', 'report', 'sharding', 'train', 'windows')
+_MODULES = ('audio_io', 'checkpoints', 'config', 'egemaps', 'errors', 'evaluation',
+            'experiments', 'features', 'files', 'formats', 'inference', 'input_pipeline',
+            'losses', 'metrics', 'models', 'plots', 'postprocess', 'report', 'sharding', 'train',
+            'windows')
 
 
 def __getattr__(name):

@@ -29,7 +29,10 @@ from typing import Any, Mapping
 from ccc_jax.errors import ConfigError
 
 LOSSES = ('ccc', 'pcc', 'mse')
-MODALITIES = ('audio', 'logmel', 'mocap')
+# `logmel` and `egemaps` (openSMILE's eGeMAPSv02 LLDs) are the extracted-feature branches every
+# corpus has; `egemaps_functionals` are the AVEC 2016 package's precomputed functionals (RECOLA's
+# `egemaps_functionals` config only).
+MODALITIES = ('audio', 'logmel', 'egemaps', 'egemaps_functionals', 'mocap')
 TEMPORAL_MODELS = ('tcn', 'gru')
 PARALLEL_MODES = ('shard_map', 'pmap')
 
@@ -49,6 +52,10 @@ class ModelConfig:
   # passed through a per-frame MLP.
   logmel_frames_per_label: int = 4
   logmel_width: int = 64
+  # eGeMAPS branch: the same per-frame MLP over the 4 x 25 eGeMAPS LLDs of each label frame.
+  egemaps_width: int = 64
+  # AVEC functionals branch: per-frame MLP over the precomputed functionals of each label frame.
+  functionals_width: int = 64
   # Mocap branch: per-frame MLP over the marker features.
   mocap_width: int = 64
   # Fused per-frame representation and the temporal model over it.
@@ -70,7 +77,8 @@ class ModelConfig:
     if len(set(self.modalities)) != len(self.modalities):
       raise ConfigError(f'model.modalities has duplicates: {self.modalities}')
     _choice(self.temporal, TEMPORAL_MODELS, 'model.temporal')
-    for field in ('logmel_frames_per_label', 'logmel_width', 'mocap_width', 'trunk_width',
+    for field in ('logmel_frames_per_label', 'logmel_width', 'egemaps_width',
+                  'functionals_width', 'mocap_width', 'trunk_width',
                   'tcn_kernel_size', 'gru_hidden', 'gru_layers', 'head_hidden'):
       _positive(getattr(self, field), f'model.{field}')
     for field in ('audio_channels', 'audio_kernel_sizes', 'audio_strides', 'tcn_dilations'):

@@ -113,9 +113,8 @@ def check_corpus_matches(corpus: input_pipeline.Corpus, model: checkpoints.Resto
   """The dataset must give the model the inputs and normalisation it was trained with."""
   corpus.task_indices(model.tasks)
   where = f'{corpus.name} under {corpus.data_dir}'
+  corpus.require_modalities(model.modalities)
   for modality in model.modalities:
-    if modality not in corpus.modalities:
-      raise CorpusError(f'{where} has no {modality!r} input, which the model uses')
     saved, current = model.info.stats.get(modality), corpus.stats.get(modality)
     same = saved is not None and current is not None and all(
         np.shape(saved[k]) == np.shape(current[k]) and np.allclose(saved[k], current[k])

@@ -1,7 +1,8 @@
 """The paper's comparisons as a grid of cells, each trained with several seeds at once.
 
 Owns the experiment grid: which cells exist (learning MTL/STL x loss CCC/PCC/MSE x modality
-audio/mocap/audio+mocap, as far as the corpus has the modalities), running each cell (the seeds
+audio/mocap/audio+mocap x, for the modalities with audio, the extracted features log-mel or
+eGeMAPS; as far as the corpus has the modalities), running each cell (the seeds
 of a run are vectorised in one program by the trainer), resuming (a cell with a `result.json` is
 done), and the summary: `results.json`, `results.md` (mean +- std over seeds of dev CCC per task
 and their average, best cell marked) and `results.png`.
@@ -25,17 +26,29 @@ from ccc_jax import files
 from ccc_jax import plots
 from ccc_jax import report
 from ccc_jax.config import RunConfig
+from ccc_jax.errors import ConfigError, CorpusError
 
+# The model's modalities per cell modality; FEATURES stands for the cell's extracted features
+# (the semi-end-to-end method's features beside the raw audio). `extracted`: those features
+# alone, no raw audio.
+FEATURES = 'features'
 MODALITY_SETS = {
-    'audio': ('audio', 'logmel'),
+    'audio': ('audio', FEATURES),
+    'extracted': (FEATURES,),
     'mocap': ('mocap',),
-    'audio+mocap': ('audio', 'logmel', 'mocap'),
+    'audio+mocap': ('audio', FEATURES, 'mocap'),
 }
+FEATURE_SETS = ('logmel', 'egemaps')
 GRIDS = {
     'paper': {'learning': ('mtl', 'stl'), 'loss': ('ccc', 'pcc', 'mse'),
-              'modality': tuple(MODALITY_SETS)},
-    'loss': {'learning': ('mtl',), 'loss': ('ccc', 'pcc', 'mse'), 'modality': ('audio+mocap',)},
-    'learning': {'learning': ('mtl', 'stl'), 'loss': ('ccc',), 'modality': ('audio+mocap',)},
+              'modality': ('audio', 'mocap', 'audio+mocap'), 'features': ('logmel',)},
+    'loss': {'learning': ('mtl',), 'loss': ('ccc', 'pcc', 'mse'), 'modality': ('audio+mocap',),
+             'features': ('logmel',)},
+    'learning': {'learning': ('mtl', 'stl'), 'loss': ('ccc',), 'modality': ('audio+mocap',),
+                 'features': ('logmel',)},
+    # The extracted features compared: raw audio + each, and each alone.
+    'features': {'learning': ('mtl',), 'loss': ('ccc',), 'modality': ('audio', 'extracted'),
+                 'features': FEATURE_SETS},
 }
 
 
@@ -44,23 +57,53 @@ class Cell:
   learning: str
   loss: str
   modality: str
+  features: str | None = None  # None where the modality has no extracted features (mocap)
 
   @property
   def name(self) -> str:
-    return f'{self.learning}-{self.loss}-{self.modality}'
+    suffix = f'-{self.features}' if self.features else ''
+    return f'{self.learning}-{self.loss}-{self.modality}{suffix}'
+
+  @property
+  def modalities(self) -> tuple[str, ...]:
+    """The model's `config.modalities` for this cell."""
+    return tuple(self.features if m == FEATURES else m for m in MODALITY_SETS[self.modality])
 
 
-def grid_cells(grid: str, corpus_modalities: Sequence[str]) -> list[Cell]:
-  """The cells of `grid` whose modalities the corpus has (RECOLA: no mocap cells)."""
+def grid_cells(grid: str, corpus_modalities: Sequence[str],
+               features: Sequence[str] | None = None) -> list[Cell]:
+  """The cells of `grid` whose modalities the corpus has (RECOLA: no mocap cells).
+
+  `features` replaces the grid's extracted-feature axis (e.g. `('logmel', 'egemaps')` runs the
+  paper's grid once with each); a modality without extracted features (mocap) is one cell.
+  """
   if grid not in GRIDS:
     raise ValueError(f'unknown grid {grid!r}; known: {sorted(GRIDS)}')
   axes = GRIDS[grid]
-  available = [m for m in axes['modality']
-               if all(x in corpus_modalities for x in MODALITY_SETS[m])]
-  if not available:
-    raise ValueError(f'the corpus has modalities {list(corpus_modalities)}: no modality of grid '
-                     f'{grid!r} ({axes["modality"]}) is available')
-  return [Cell(*values) for values in itertools.product(axes['learning'], axes['loss'], available)]
+  features = tuple(features or axes['features'])
+  unknown = [f for f in features if f not in FEATURE_SETS]
+  if unknown or len(set(features)) != len(features):
+    raise ConfigError(f'features must be distinct values of {", ".join(FEATURE_SETS)}, got '
+                      f'{", ".join(features)}')
+  # A corpus without mocap (RECOLA) just has no mocap cells; one without a feature set asked
+  # for was prepared by an older version.
+  lacking = [f for f in features if f not in corpus_modalities]
+  if lacking:
+    raise CorpusError(f'the corpus has no {", ".join(lacking)} (its modalities: '
+                      f'{", ".join(corpus_modalities)}); prepare it again with python -m '
+                      'launch.prepare')
+  cells = []
+  for learning, loss, modality in itertools.product(axes['learning'], axes['loss'],
+                                                    axes['modality']):
+    for feature in (features if FEATURES in MODALITY_SETS[modality] else (None,)):
+      cell = Cell(learning, loss, modality, feature)
+      if all(m in corpus_modalities for m in cell.modalities):
+        cells.append(cell)
+  if not cells:
+    raise ValueError(f'the corpus has modalities {list(corpus_modalities)}: no cell of grid '
+                     f'{grid!r} (modalities {axes["modality"]}, features {features}) is '
+                     'available')
+  return cells
 
 
 def cell_runs(cell: Cell, base: RunConfig, num_seeds: int) -> list[tuple[str, RunConfig]]:
@@ -69,7 +112,7 @@ def cell_runs(cell: Cell, base: RunConfig, num_seeds: int) -> list[tuple[str, Ru
     return base.replace(
         loss=cell.loss, tasks=tuple(tasks), task_weights=task_weights,
         seeds=tuple(range(num_seeds)),
-        model=dataclasses.replace(base.model, modalities=MODALITY_SETS[cell.modality]))
+        model=dataclasses.replace(base.model, modalities=cell.modalities))
   if cell.learning == 'mtl':
     return [('mtl', configured(base.tasks, base.task_weights))]
   # One task: its weight is moot.
@@ -102,11 +145,11 @@ def summarise(results: list[dict[str, Any]], tasks: Sequence[str]) -> str:
   def cell_text(values):
     return f'{np.mean(values):.3f} ± {np.std(values):.3f}'
   best = max(results, key=lambda r: np.mean(r['dev_ccc_average']))
-  header = ['cell', 'learning', 'loss', 'modality'] + list(tasks) + ['average']
+  header = ['cell', 'learning', 'loss', 'modality', 'features'] + list(tasks) + ['average']
   rows = []
   for r in results:
     row = [r['name'], r['cell']['learning'].upper(), r['cell']['loss'].upper(),
-           r['cell']['modality']]
+           r['cell']['modality'], r['cell'].get('features') or '-']
     row += [cell_text(r['dev_ccc'][t]) for t in tasks] + [cell_text(r['dev_ccc_average'])]
     if r is best:
       row = [f'**{value}**' for value in row]
@@ -120,11 +163,13 @@ def summarise(results: list[dict[str, Any]], tasks: Sequence[str]) -> str:
 def run_grid(base: RunConfig, grid: str, num_seeds: int, workdir: str,
              corpus_modalities: Sequence[str],
              train_fn: Callable[[RunConfig, str], dict],
-             log: Callable[[str], None] = print) -> list[dict[str, Any]]:
-  """Runs every cell (skipping finished ones) and writes results.{json,md,png} in `workdir`."""
+             log: Callable[[str], None] = print,
+             features: Sequence[str] | None = None) -> list[dict[str, Any]]:
+  """Runs every cell (skipping finished ones) and writes results.{json,md,png} in `workdir`;
+  `features` as in `grid_cells`."""
   if num_seeds < 1:
     raise ValueError(f'seeds must be at least 1, got {num_seeds}')
-  cells = grid_cells(grid, corpus_modalities)
+  cells = grid_cells(grid, corpus_modalities, features)
   files.make_dirs(workdir)
   results = []
   for i, cell in enumerate(cells):

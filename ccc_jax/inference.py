@@ -3,9 +3,10 @@
 Owns the `Predictor` (a checkpoint applied to a recording given as arrays or files) and
 `predict_recording` (one recording from files to a traces CSV and a plot, what
 `python -m launch.predict` does). A recording goes one way: waveform (`audio_io`) -> windows cut
-as the dataset builders cut them (`windows`) -> their features computed per batch (`features`)
--> normalised (`input_pipeline.normalise`) -> predicted (`evaluation.predict_windows`) ->
-averaged back together (`windows.OverlapAverage`) -> the seeds' ensemble -> post-processing.
+as the dataset builders cut them (`windows`) -> their features computed per batch (`features`,
+`egemaps`: the functions the dataset builders call) -> normalised (`input_pipeline.normalise`)
+-> predicted (`evaluation.predict_windows`) -> averaged back together (`windows.OverlapAverage`)
+-> the seeds' ensemble -> post-processing.
 
 Seeds: a run that trained several seeds at once is used as an ensemble, the mean of the seeds'
 traces (`evaluation.ensemble`); post-processing is tuned on, and applied to, that mean.
@@ -21,6 +22,7 @@ import numpy as np
 
 from ccc_jax import audio_io
 from ccc_jax import checkpoints
+from ccc_jax import egemaps
 from ccc_jax import evaluation
 from ccc_jax import features
 from ccc_jax import formats
@@ -29,7 +31,7 @@ from ccc_jax import metrics
 from ccc_jax import plots
 from ccc_jax import postprocess
 from ccc_jax import windows
-from ccc_jax.errors import DataError
+from ccc_jax.errors import CheckpointError, DataError
 
 
 class Predictor:
@@ -46,14 +48,22 @@ class Predictor:
   is applied when it exists and `use_postprocessing` is true; `postprocessing` says which is used.
 
   Memory: besides the 16 kHz waveform (230 MB per hour) and the traces (a few MB per hour),
-  only one batch of windows and the log-mel of its span exist at a time. Mocap features are
-  computed over the whole recording at once (`features.mocap_features` interpolates gaps
-  across it); they take about ten times the size of the marker positions while computed.
+  only one batch of windows and the log-mel or eGeMAPS of its span exist at a time. Mocap
+  features are computed over the whole recording at once (`features.mocap_features`
+  interpolates gaps across it); they take about ten times the size of the marker positions while
+  computed.
   """
 
   def __init__(self, model: checkpoints.RestoredModel,
                postprocessing: postprocess.PostProcessing | None = None,
                batch_size: int | None = None):
+    if 'egemaps_functionals' in model.modalities:
+      # They were computed by the AVEC 2016 organisers for the package's recordings only.
+      raise CheckpointError(
+          'this model uses egemaps_functionals, the AVEC 2016 package\'s precomputed functionals, '
+          'which exist only for the package\'s recordings: a new recording cannot be predicted '
+          'with it (score the package\'s splits with launch.evaluate, or train on egemaps, '
+          'computed from any audio)')
     if postprocessing is not None and postprocessing.tasks != model.tasks:
       raise ValueError(f'post-processing is for tasks {postprocessing.tasks}, the model predicts '
                        f'{model.tasks}')
@@ -214,6 +224,14 @@ class Predictor:
       batch['logmel'] = np.stack([windows.slice_window(span, s - first, window,
                                                        features.LOGMEL_PER_FRAME)
                                   for s in starts])
+    if 'egemaps' in self.modalities:
+      # As log-mel; `egemaps_span` reads the margins (and the start of a voiced stretch) that
+      # make the rows those of the whole recording (its docstring says within what).
+      first, end = int(starts[0]), min(int(starts[-1]) + window, num_frames)
+      span = egemaps.egemaps_span(waveform, first, end)
+      batch['egemaps'] = np.stack([windows.slice_window(span, s - first, window,
+                                                        egemaps.EGEMAPS_PER_FRAME)
+                                   for s in starts])
     if 'mocap' in self.modalities:
       batch['mocap'] = np.stack([windows.slice_window(mocap_features, s, window) for s in starts])
     missing = self.batch_size - len(starts)

@@ -32,6 +32,7 @@ class Corpus:
   data_dir: str
   metadata: dict[str, Any]
   sources: dict[str, Any]
+  spec: str = ''  # as `--dataset` names it; '' : `name`
 
   @property
   def tasks(self) -> tuple[str, ...]:
@@ -70,9 +71,23 @@ class Corpus:
       dims[name] = int(value.shape[-1]) if name != 'audio' else value.shape[0] // self.window
     return dims
 
-  def model_info(self, tasks: Sequence[str]) -> ModelInfo:
-    """What a model trained on `tasks` of this corpus needs to know of it (saved with it)."""
+  def require_modalities(self, modalities: Sequence[str]) -> None:
+    """Raises CorpusError, with the command that prepares the corpus again, if it lacks one of
+    `modalities` (a corpus prepared before `egemaps` existed, dataset version 1.0.0, has none)."""
+    missing = [m for m in modalities if m not in self.modalities]
+    if missing:
+      spec = self.spec or self.name
+      raise CorpusError(
+          f'{self.name} under {self.data_dir} has no {", ".join(map(repr, missing))} input '
+          f'(it has {", ".join(self.modalities)}), which the model uses; if the dataset was '
+          f'prepared by an older version, prepare it again: python -m launch.prepare '
+          f'--dataset={spec} --data_dir={self.data_dir}')
+
+  def model_info(self, tasks: Sequence[str], modalities: Sequence[str]) -> ModelInfo:
+    """What a model trained on `tasks` of this corpus from `modalities` needs to know of it
+    (saved with it)."""
     self.task_indices(tasks)
+    self.require_modalities(modalities)
     return ModelInfo(tasks=tuple(tasks), input_dims=self.input_dims(), stats=self.stats,
                      window=self.window, hop=int(self.metadata['hop']),
                      sample_rate=int(self.metadata.get('sample_rate', 16000)),
@@ -116,7 +131,8 @@ def open_corpus(dataset: str, data_dir: str) -> Corpus:
   if missing:
     raise CorpusError(f'{name} under {data_dir} lacks metadata {missing}: prepare it again: '
                       f'{prepare}')
-  return Corpus(name=name, data_dir=data_dir, metadata=metadata, sources=dict(sources))
+  return Corpus(name=name, data_dir=data_dir, metadata=metadata, sources=dict(sources),
+                spec=str(spec))
 
 
 def normalise(example: dict[str, np.ndarray], stats: dict[str, Any],

@@ -6,7 +6,8 @@ differ only there), the temporal model is `config.temporal` ('tcn' or 'gru'), an
 learning is the same network with `num_tasks=1`.
 
 Inputs follow the data contract in BUILD_NOTES.md, per window of T label frames (25 Hz):
-`audio` [B, T*640], `logmel` [B, T*4, 40], `mocap` [B, T, D], already z-normalised. Every branch
+`audio` [B, T*640], `logmel` [B, T*4, 40], `egemaps` [B, T*4, 25], `egemaps_functionals`
+[B, T, F], `mocap` [B, T, D], already z-normalised. Every branch
 maps its modality to one embedding per label frame, [B, T, width], so fusion is a per-frame
 concatenation. Output: [B, T, num_tasks].
 
@@ -25,6 +26,7 @@ import jax
 import jax.numpy as jnp
 
 from ccc_jax.config import ModelConfig
+from ccc_jax.egemaps import EGEMAPS_PER_FRAME
 
 def _lecun_normal(in_axis=-2, out_axis=-1, batch_axis=()):
   return jax.nn.initializers.variance_scaling(
@@ -68,46 +70,30 @@ class AudioBranch(nnx.Module):
     return self.norm(x)
 
 
-class LogmelBranch(nnx.Module):
-  """Per-label-frame MLP over the stacked log-mel frames of that label frame."""
+class FrameBranch(nnx.Module):
+  """Per-label-frame MLP over the feature rows of each label frame, stacked: the log-mel and
+  eGeMAPS frames (4 rows of 10 ms per label frame), the mocap features and the AVEC functionals
+  (1 row)."""
 
-  def __init__(self, config: ModelConfig, mel_bins: int, *, rngs: nnx.Rngs):
-    self.frames_per_label = config.logmel_frames_per_label
-    self.mel_bins = mel_bins
-    width = config.logmel_width
-    self.hidden = nnx.Linear(self.frames_per_label * mel_bins, width, rngs=rngs)
-    self.out = nnx.Linear(width, width, rngs=rngs)
-    self.norm = nnx.LayerNorm(width, rngs=rngs)
-    self.width = width
-
-  def __call__(self, logmel: jax.Array) -> jax.Array:
-    """[B, T * frames_per_label, mel_bins] -> [B, T, width]."""
-    if (logmel.ndim != 3 or logmel.shape[1] % self.frames_per_label
-        or logmel.shape[2] != self.mel_bins):
-      raise ValueError(
-          f'logmel must be [B, T*{self.frames_per_label}, {self.mel_bins}], '
-          f'got shape {logmel.shape}')
-    batch, frames, _ = logmel.shape
-    x = logmel.reshape(batch, frames // self.frames_per_label, -1)
-    return self.norm(self.out(jax.nn.gelu(self.hidden(x))))
-
-
-class MocapBranch(nnx.Module):
-  """Per-label-frame MLP over the marker features."""
-
-  def __init__(self, config: ModelConfig, feature_dim: int, *, rngs: nnx.Rngs):
+  def __init__(self, modality: str, rows_per_frame: int, feature_dim: int, width: int, *,
+               rngs: nnx.Rngs):
+    self.modality = modality
+    self.rows_per_frame = rows_per_frame
     self.feature_dim = feature_dim
-    width = config.mocap_width
-    self.hidden = nnx.Linear(feature_dim, width, rngs=rngs)
+    self.hidden = nnx.Linear(rows_per_frame * feature_dim, width, rngs=rngs)
     self.out = nnx.Linear(width, width, rngs=rngs)
     self.norm = nnx.LayerNorm(width, rngs=rngs)
     self.width = width
 
-  def __call__(self, mocap: jax.Array) -> jax.Array:
-    """[B, T, feature_dim] -> [B, T, width]."""
-    if mocap.ndim != 3 or mocap.shape[2] != self.feature_dim:
-      raise ValueError(f'mocap must be [B, T, {self.feature_dim}], got shape {mocap.shape}')
-    return self.norm(self.out(jax.nn.gelu(self.hidden(mocap))))
+  def __call__(self, rows: jax.Array) -> jax.Array:
+    """[B, T * rows_per_frame, feature_dim] -> [B, T, width]."""
+    if rows.ndim != 3 or rows.shape[1] % self.rows_per_frame or rows.shape[2] != self.feature_dim:
+      expected = 'T' if self.rows_per_frame == 1 else f'T*{self.rows_per_frame}'
+      raise ValueError(f'{self.modality} must be [B, {expected}, {self.feature_dim}], got shape '
+                       f'{rows.shape}')
+    batch, rows_in, _ = rows.shape
+    x = rows.reshape(batch, rows_in // self.rows_per_frame, -1)
+    return self.norm(self.out(jax.nn.gelu(self.hidden(x))))
 
 
 class DilatedResidualBlock(nnx.Module):
@@ -220,7 +206,17 @@ class MultiTaskHeads(nnx.Module):
     return jnp.einsum('btkh,kh->btk', h, self.output_kernel[...]) + self.output_bias[...]
 
 
-_BRANCHES = {'audio': AudioBranch, 'logmel': LogmelBranch, 'mocap': MocapBranch}
+def _branch(modality: str, config: ModelConfig, input_dim: int, rngs: nnx.Rngs) -> nnx.Module:
+  if modality == 'audio':
+    return AudioBranch(config, input_dim, rngs=rngs)
+  # Rows per label frame and width of each per-frame branch.
+  rows, width = {
+      'logmel': (config.logmel_frames_per_label, config.logmel_width),
+      'egemaps': (EGEMAPS_PER_FRAME, config.egemaps_width),
+      'egemaps_functionals': (1, config.functionals_width),
+      'mocap': (1, config.mocap_width),
+  }[modality]
+  return FrameBranch(modality, rows, input_dim, width, rngs=rngs)
 
 
 class AVDNet(nnx.Module):
@@ -234,7 +230,8 @@ class AVDNet(nnx.Module):
       config: hyper-parameters (validated by `ModelConfig` itself).
       num_tasks: number of output traces K (3 for activation/valence/dominance, 1 for STL).
       input_dims: what the dataset has, per modality: 'audio' -> samples per label frame,
-        'logmel' -> mel bins, 'mocap' -> feature dimension. Modalities the model does not use
+        'logmel' -> mel bins, 'egemaps' -> LLDs (25), 'egemaps_functionals' and 'mocap' ->
+        feature dimension. Modalities the model does not use
         are ignored.
       rngs: parameter initialisation; the same seed gives the same parameters.
 
@@ -254,8 +251,7 @@ class AVDNet(nnx.Module):
 
     self.modalities = modalities
     self.num_tasks = num_tasks
-    self.branches = nnx.Dict({
-        m: _BRANCHES[m](config, input_dims[m], rngs=rngs) for m in modalities})
+    self.branches = nnx.Dict({m: _branch(m, config, input_dims[m], rngs) for m in modalities})
     fused_width = sum(branch.width for branch in self.branches.values())
     width = config.trunk_width
     self.fusion = nnx.Linear(fused_width, width, rngs=rngs)

@@ -255,7 +255,8 @@ def _train(config: RunConfig, workdir: str, corpus: input_pipeline.Corpus | None
            progress: dict[str, Any]) -> dict[str, Any]:
   corpus = corpus or input_pipeline.open_corpus(config.dataset, config.data_dir)
   tasks = config.tasks
-  info = corpus.model_info(tasks)  # unknown task names fail here, with the corpus's task list
+  # Unknown task names and modalities the corpus lacks fail here, with what the corpus has.
+  info = corpus.model_info(tasks, config.model.modalities)
   parallel = sharding.DataParallel(sharding.make_mesh(), config.parallel)
   parallel.check_batch_size(config.global_batch)
 

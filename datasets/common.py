@@ -1,18 +1,21 @@
 """Shared TFDS builder base: validated recordings in, fixed-length windows and metadata out.
 
 Owns the data contract of BUILD_NOTES.md: the feature spec every corpus writes, cutting each
-recording into windows (with `ccc_jax.windows`), the log-mel features computed once per
-recording, the dataset metadata, and the normalisation statistics computed on the training
-split only. A corpus builder only lists and validates its recordings (`_list_recordings`,
-which should find every bad input file before anything is written) and loads one recording
-at a time (`_load_recording`).
+recording into windows (with `ccc_jax.windows`), the features computed from the audio once per
+recording (log-mel, and the eGeMAPS LLDs in worker processes), the dataset metadata, and the
+normalisation statistics computed on the training split only. A corpus builder only lists and
+validates its recordings (`_list_recordings`, which should find every bad input file before
+anything is written) and loads one recording at a time (`_load_recording`).
 """
 
 from __future__ import annotations
 
 import abc
+import collections
+from concurrent import futures
 import dataclasses
 import inspect
+import multiprocessing
 import os
 from typing import Any, Iterator, Sequence
 
@@ -21,6 +24,7 @@ from etils import epath
 import numpy as np
 import tensorflow_datasets as tfds
 
+from ccc_jax import egemaps
 from ccc_jax import features
 from ccc_jax import metrics
 from ccc_jax import windows
@@ -43,9 +47,28 @@ LENGTH_TOLERANCE_FRAMES = int(features.LENGTH_TOLERANCE_S * features.LABEL_RATE)
 DEFAULT_WINDOW = 100
 DEFAULT_HOP = 50
 
+# Modalities every corpus writes, computed from its audio.
+AUDIO_MODALITIES = ('audio', 'logmel', 'egemaps')
+
 # Standard deviations below this are stored as 1: a constant feature (e.g. a marker never seen
 # in training) is then only centred by normalisation, never divided by ~0.
 _MIN_STD = 1e-6
+
+
+def _egemaps_context() -> multiprocessing.context.BaseContext:
+  """Where the eGeMAPS workers come from: a fork server that has imported openSMILE.
+
+  Not fork: the preparing process may hold threads (TFDS, absl; JAX in tests), which fork
+  copies in whatever state they are. Not spawn: every worker would import openSMILE and our
+  modules afresh (2-3 s each on this machine, more than the features of a small corpus take).
+  The fork server starts once per process, clean, imports them once, and forks each worker; the
+  pool's initializer then starts openSMILE in each worker (0.5-1 s) while the main process
+  lists the recordings. The preload list is the process's one fork server's: set before it
+  starts.
+  """
+  context = multiprocessing.get_context('forkserver')
+  context.set_forkserver_preload(['opensmile', 'ccc_jax.egemaps'])
+  return context
 
 
 @dataclasses.dataclass(eq=False)
@@ -65,8 +88,8 @@ class Recording:
     audio: float32 16 kHz mono waveform; trimmed or zero-padded to num_frames * 640 samples by
       the base builder.
     labels: float32 `[num_frames, tasks]` gold standard, or None in an unlabelled split.
-    frame_features: extra per-label-frame features by name (`mocap`, `egemaps`), each float32
-      `[num_frames, dim]`.
+    frame_features: extra per-label-frame features by name (`mocap`, `egemaps_functionals`), each
+      float32 `[num_frames, dim]`.
   """
   recording_id: str
   num_frames: int
@@ -133,10 +156,17 @@ class WindowedBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
   FRAME_FEATURES, and implement `_list_recordings` and `_load_recording`.
   """
 
-  VERSION = tfds.core.Version('1.0.0')
-  RELEASE_NOTES = {'1.0.0': 'First release.'}
+  # 1.1.0 adds `egemaps`. A new version, so that preparing again writes a new folder instead of
+  # finding the 1.0.0 one complete; reading picks the newest version prepared.
+  VERSION = tfds.core.Version('1.1.0')
+  RELEASE_NOTES = {'1.0.0': 'First release.',
+                   '1.1.0': 'eGeMAPSv02 LLDs (`egemaps`) from the audio, for every corpus.'}
   TASKS: tuple[str, ...] = ()
   LABELLED_SPLITS: tuple[str, ...] = ('train', 'dev', 'test')
+  # Processes computing eGeMAPS while the main process writes windows; None: one per CPU.
+  # `datasets.prepare.prepare_dataset(workers=...)` sets it (BUILD_NOTES.md "eGeMAPS branch":
+  # speed against worker count).
+  feature_workers: int | None = None
 
   @tfds.core.utils.classproperty
   @classmethod
@@ -179,6 +209,7 @@ class WindowedBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
         'labels': tensor((window, len(self.TASKS))),
         'audio': tensor((window * features.SAMPLES_PER_FRAME,)),
         'logmel': tensor((window * features.LOGMEL_PER_FRAME, features.NUM_MELS)),
+        'egemaps': tensor((window * egemaps.EGEMAPS_PER_FRAME, egemaps.NUM_EGEMAPS)),
     }
     for name, dim in self._frame_feature_dims().items():
       spec[name] = tensor((window, dim))
@@ -198,7 +229,7 @@ class WindowedBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     metadata = self.info.metadata
     metadata.update({
         'tasks': list(self.TASKS),
-        'modalities': ['audio', 'logmel'] + list(self._frame_feature_dims()),
+        'modalities': list(AUDIO_MODALITIES) + list(self._frame_feature_dims()),
         'sample_rate': features.SAMPLE_RATE,
         'label_rate': features.LABEL_RATE,
         'window': config.window,
@@ -211,19 +242,45 @@ class WindowedBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     return {split: self._generate_examples(split, split_sources)
             for split, split_sources in sources.items()}
 
+  def _download_and_prepare(self, dl_manager, download_config=None):
+    """TFDS's preparation, with the eGeMAPS worker processes alive for all of its splits."""
+    workers = self.feature_workers or os.cpu_count() or 1
+    with futures.ProcessPoolExecutor(workers, mp_context=_egemaps_context(),
+                                     initializer=egemaps.egemaps_lld,
+                                     initargs=(np.zeros(0, np.float32), 1)) as pool:
+      self._egemaps_pool, self._egemaps_workers = pool, workers
+      try:
+        super()._download_and_prepare(dl_manager, download_config)
+      finally:
+        self._egemaps_pool = None
+
+  def _with_egemaps(self, sources: Sequence[Any], labelled: bool):
+    """(recording, its eGeMAPS LLDs) in order; up to `workers + 1` recordings are loaded and
+    in the worker processes at a time, so memory stays bounded whatever the corpus size."""
+    pending = collections.deque()
+    for source in sources:
+      recording = self._checked(self._load_recording(source), labelled)
+      pending.append((recording, self._egemaps_pool.submit(
+          egemaps.egemaps_lld, recording.audio, recording.num_frames)))
+      if len(pending) > self._egemaps_workers:
+        recording, lld = pending.popleft()
+        yield recording, lld.result()
+    while pending:
+      recording, lld = pending.popleft()
+      yield recording, lld.result()
+
   def _generate_examples(self, split: str, sources: Sequence[Any]):
     config = self.builder_config
     window, hop = config.window, config.hop
     labelled = split in self.LABELLED_SPLITS
     stats = {name: metrics.RunningMoments() for name in self.info.metadata['modalities']}
-    for index, source in enumerate(sources):
-      recording = self._checked(self._load_recording(source), labelled)
+    for index, (recording, lld) in enumerate(self._with_egemaps(sources, labelled)):
       num_frames = recording.num_frames
-      if split == 'train':
-        stats['audio'].add(recording.audio)
       logmel = features.log_mel(recording.audio, num_frames)
       if split == 'train':
+        stats['audio'].add(recording.audio)
         stats['logmel'].add(logmel)
+        stats['egemaps'].add(lld)
         for name, values in recording.frame_features.items():
           stats[name].add(values)
       starts = windows.window_starts(num_frames, window, hop)
@@ -245,6 +302,7 @@ class WindowedBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
             'audio': windows.slice_window(recording.audio, start, window,
                                           features.SAMPLES_PER_FRAME),
             'logmel': windows.slice_window(logmel, start, window, features.LOGMEL_PER_FRAME),
+            'egemaps': windows.slice_window(lld, start, window, egemaps.EGEMAPS_PER_FRAME),
         }
         for name, values in recording.frame_features.items():
           example[name] = windows.slice_window(values, start, window)

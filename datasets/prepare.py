@@ -116,8 +116,13 @@ def _remove_stale_temporaries() -> None:
       shutil.rmtree(path, ignore_errors=True)
 
 
-def prepare_dataset(dataset: str, data_dir: str, manual_dir: str | None = None) -> Summary:
+def prepare_dataset(dataset: str, data_dir: str, manual_dir: str | None = None,
+                    workers: int | None = None) -> Summary:
   """Prepares the dataset `dataset` (a spec, e.g. 'synthetic_avd:tiny') under `data_dir`.
+
+  `workers`: processes computing the eGeMAPS features of the recordings (most of the
+  preparation's CPU time) while this one writes windows; None: one per CPU. What is written
+  does not depend on it.
 
   Returns:
     What was written; `summary.name` is the TFDS name to read it by
@@ -127,8 +132,10 @@ def prepare_dataset(dataset: str, data_dir: str, manual_dir: str | None = None) 
     DataError: a bad input file (nothing readable is left behind).
     OutputError: data_dir cannot be written (a file, read-only, a full disk).
     InUse: another process is preparing the same dataset there.
-    ConfigError: an unknown dataset, config or field.
+    ConfigError: an unknown dataset, config or field, or `workers` below 1.
   """
+  if workers is not None and workers < 1:
+    raise ConfigError(f'workers must be at least 1, got {workers}')
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
   spec = DatasetSpec.parse(dataset)
   builder_cls = builder_class(spec.dataset)
@@ -147,6 +154,7 @@ def prepare_dataset(dataset: str, data_dir: str, manual_dir: str | None = None) 
       shutil.rmtree(leftover, ignore_errors=True)
     created = [path for path in (dataset_dir, config_dir) if not os.path.exists(path)]
     builder = builder_cls(data_dir=data_dir, config=builder_config, file_format='array_record')
+    builder.feature_workers = workers
     already_prepared = builder.is_prepared()
     download_dir = tempfile.mkdtemp(prefix=f'{_TEMPORARY_PREFIX}{os.getpid()}_')  # unused
     start = time.perf_counter()

@@ -26,7 +26,6 @@ from absl import flags
 from absl import logging
 
 from launch import cli
-from launch import text
 
 _DATASET = flags.DEFINE_string('dataset', None, 'Dataset spec: NAME[:CONFIG][,FIELD=VALUE...].',
                                required=True)
@@ -34,19 +33,25 @@ _DATA_DIR = flags.DEFINE_string('data_dir', None, 'Where prepared datasets are w
                                 required=True)
 _MANUAL_DIR = flags.DEFINE_string('manual_dir', None,
                                   'Folder holding the corpus files (recola, creativeit).')
+_WORKERS = flags.DEFINE_integer('workers', None, 'Processes computing the eGeMAPS features '
+                                '(default: one per CPU).', lower_bound=1)
 
 
 def main(argv: Sequence[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
+  # Imported here, not above: the eGeMAPS worker processes import this module again, and
+  # these imports are most of its cost.
   from datasets import prepare  # pylint: disable=g-import-not-at-top
+  from launch import text  # pylint: disable=g-import-not-at-top
   logging.set_verbosity(logging.INFO)
   dataset = _DATASET.value
   if dataset.split(':')[0].split('/')[0] != 'synthetic_avd' and not _MANUAL_DIR.value:
     print(f'prepare: error: --manual_dir is required for {dataset}', file=sys.stderr)
     sys.exit(2)
   with cli.one_line_errors('prepare'):
-    summary = prepare.prepare_dataset(dataset, _DATA_DIR.value, _MANUAL_DIR.value)
+    summary = prepare.prepare_dataset(dataset, _DATA_DIR.value, _MANUAL_DIR.value,
+                                      workers=_WORKERS.value)
   print(text.preparation(summary))
 
 

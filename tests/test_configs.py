@@ -21,7 +21,9 @@ VALUES = {'stl': 'valence', 'seeds': '3'}
 
 
 def _variants(module):
-  extra = getattr(module, 'SYNTHETIC_VARIANTS', {})
+  """The shared variants and the file's own (`SYNTHETIC_VARIANTS`, `RECOLA_VARIANTS`)."""
+  extra = {key: value for name in dir(module) if name.endswith('_VARIANTS')
+           for key, value in getattr(module, name).items()}
   return {**common.VARIANTS, **extra}
 
 

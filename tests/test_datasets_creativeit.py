@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
+from ccc_jax import egemaps
 from ccc_jax import features
 from ccc_jax.errors import DataError
 from datasets import prepare
@@ -32,7 +33,8 @@ def test_metadata_and_actor_split(creativeit):
   _, data_dir = creativeit
   metadata = tfds.builder('creativeit', data_dir=data_dir).info.metadata
   assert metadata['tasks'] == ['activation', 'valence', 'dominance']
-  assert metadata['modalities'] == ['audio', 'logmel', 'mocap']
+  assert metadata['modalities'] == ['audio', 'logmel', 'egemaps', 'mocap']
+  assert len(metadata['stats']['egemaps']['std']) == egemaps.NUM_EGEMAPS
   assert metadata['labelled_splits'] == ['train', 'dev', 'test']
   assert metadata['mocap_markers'] == list(fixtures.MOCAP_MARKERS)
   actors = metadata['actors']
@@ -55,8 +57,9 @@ def test_a_window_matches_the_source_files(creativeit):
   split = next(split for split, names in metadata['actors'].items() if 'actor1' in names)
   recording = 'session1/perf2/actor1'
   source = tfds.data_source('creativeit', data_dir=data_dir)[split]
-  window = next(source[i] for i in range(len(source))
-                if source[i]['recording'].decode() == recording and source[i]['start'] == 50)
+  first, window = (next(source[i] for i in range(len(source))
+                        if source[i]['recording'].decode() == recording
+                        and source[i]['start'] == start) for start in (0, 50))
 
   frame_times = np.arange(NUM_FRAMES) / 25
   for task_index, task in enumerate(fixtures.CREATIVEIT_TASKS):
@@ -70,6 +73,10 @@ def test_a_window_matches_the_source_files(creativeit):
   assert window['mocap'].shape == (100, features.mocap_feature_dim(len(fixtures.MOCAP_MARKERS)))
   np.testing.assert_allclose(window['mocap'], mocap[50:150], rtol=1e-5, atol=1e-3)
   assert np.all(np.isfinite(window['mocap']))  # the occluded wrist was filled
+  # eGeMAPS of the whole prepared (resampled) recording, frames 0-149, sliced.
+  prepared = np.concatenate([first['audio'], window['audio'][50 * 640:]])
+  np.testing.assert_array_equal(window['egemaps'],
+                                egemaps.egemaps_lld(prepared, NUM_FRAMES)[200:600])
 
 
 def test_explicit_actor_split(tmp_path):

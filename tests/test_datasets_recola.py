@@ -12,6 +12,7 @@ import pytest
 import soundfile
 import tensorflow_datasets as tfds
 
+from ccc_jax import egemaps
 from ccc_jax import features
 from ccc_jax.errors import DataError
 from datasets import prepare
@@ -24,11 +25,12 @@ NUM_FRAMES = 155
 
 @pytest.fixture(scope='module')
 def recola(tmp_path_factory):
-  """The fixture package and a data_dir with its default, raters_mean and egemaps configs."""
+  """The fixture package and a data_dir with its default, raters_mean and egemaps_functionals
+  configs."""
   root = str(tmp_path_factory.mktemp('recola_package'))
   package = fixtures.write_recola(root, seconds=SECONDS)
   data_dir = str(tmp_path_factory.mktemp('recola_data'))
-  for config in ('default', 'raters_mean', 'egemaps'):
+  for config in ('default', 'raters_mean', 'egemaps_functionals'):
     prepare.prepare_dataset(f'recola:{config}', data_dir, manual_dir=root)
   return package, data_dir
 
@@ -54,7 +56,8 @@ def test_metadata(recola):
   _, data_dir = recola
   metadata = tfds.builder('recola', data_dir=data_dir).info.metadata
   assert metadata['tasks'] == ['arousal', 'valence']
-  assert metadata['modalities'] == ['audio', 'logmel']
+  assert metadata['modalities'] == ['audio', 'logmel', 'egemaps']
+  assert len(metadata['stats']['egemaps']['mean']) == egemaps.NUM_EGEMAPS
   assert metadata['labelled_splits'] == ['train', 'dev']
   assert (metadata['sample_rate'], metadata['label_rate']) == (16000, 25)
   assert (metadata['window'], metadata['hop']) == (100, 50)
@@ -62,9 +65,10 @@ def test_metadata(recola):
   assert metadata['recordings'] == {'train': {'train_1': NUM_FRAMES, 'train_2': NUM_FRAMES},
                                     'dev': {'dev_1': NUM_FRAMES}, 'test': {'test_1': NUM_FRAMES}}
   assert metadata['gold_standard'] == 'arff'
-  egemaps = tfds.builder('recola/egemaps', data_dir=data_dir).info.metadata
-  assert egemaps['modalities'] == ['audio', 'logmel', 'egemaps']
-  assert len(egemaps['stats']['egemaps']['mean']) == 8  # 4 arousal + 4 valence features
+  functionals = tfds.builder('recola/egemaps_functionals', data_dir=data_dir).info.metadata
+  assert functionals['modalities'] == ['audio', 'logmel', 'egemaps', 'egemaps_functionals']
+  # 4 arousal + 4 valence features
+  assert len(functionals['stats']['egemaps_functionals']['mean']) == 8
 
 
 def test_windows_match_the_source_files(recola):
@@ -82,6 +86,13 @@ def test_windows_match_the_source_files(recola):
   np.testing.assert_allclose(middle['labels'], package.gold['train_2'][50:150], atol=1e-6)
   np.testing.assert_allclose(middle['audio'], audio[50 * 640:150 * 640], atol=1e-6)
   np.testing.assert_allclose(middle['logmel'], logmel[200:600], atol=1e-3)
+  # From the prepared (resampled) audio, so bit for bit what egemaps_lld gives for it.
+  lld = egemaps.egemaps_lld(np.asarray(
+      np.concatenate([windows[0]["audio"], windows[100]["audio"][:55 * 640]])),
+      NUM_FRAMES)
+  np.testing.assert_array_equal(middle['egemaps'], lld[200:600])
+  np.testing.assert_array_equal(windows[100]['egemaps'][:220], lld[400:])
+  np.testing.assert_array_equal(windows[100]['egemaps'][220:], 0.0)  # padding past the end
 
   last = windows[100]  # frames 100..199 of a 155-frame recording
   np.testing.assert_array_equal(last['mask'], (np.arange(100) < 55).astype(np.float32))
@@ -101,14 +112,15 @@ def test_test_split_has_audio_and_no_labels(recola):
     np.testing.assert_array_equal(window['labels'], 0.0)
 
 
-def test_raters_mean_and_egemaps_configs(recola):
+def test_raters_mean_and_egemaps_functionals_configs(recola):
   package, data_dir = recola
   raters = _windows(tfds.data_source('recola/raters_mean', data_dir=data_dir)['dev'], 'dev_1')
   np.testing.assert_allclose(raters[0]['labels'], package.ratings['dev_1'][:100].mean(axis=1),
                              atol=1e-6)
-  egemaps = _windows(tfds.data_source('recola/egemaps', data_dir=data_dir)['test'], 'test_1')
-  np.testing.assert_allclose(egemaps[50]['egemaps'], package.egemaps['test_1'][50:150],
-                             rtol=1e-6)
+  functionals = _windows(
+      tfds.data_source('recola/egemaps_functionals', data_dir=data_dir)['test'], 'test_1')
+  np.testing.assert_allclose(functionals[50]['egemaps_functionals'],
+                             package.egemaps['test_1'][50:150], rtol=1e-6)
 
 
 def test_statistics_come_from_the_training_split_only(recola):
@@ -129,7 +141,8 @@ def test_a_fresh_process_reads_data_and_metadata_without_our_builders(recola):
   code = (
       'import json, sys, tensorflow_datasets as tfds\n'
       f'data_dir = {data_dir!r}\n'
-      'metadata = dict(tfds.builder("recola/egemaps", data_dir=data_dir).info.metadata)\n'
+      'metadata = dict(tfds.builder("recola/egemaps_functionals", data_dir=data_dir)'
+      '.info.metadata)\n'
       'example = tfds.data_source("recola", data_dir=data_dir)["dev"][0]\n'
       'assert not any(name.startswith("datasets") for name in sys.modules)\n'
       'print(json.dumps({"metadata": metadata, "shapes": {k: list(getattr(v, "shape", ()))\n'
@@ -137,10 +150,11 @@ def test_a_fresh_process_reads_data_and_metadata_without_our_builders(recola):
   result = subprocess.run([sys.executable, '-c', code], cwd=str(os.path.dirname(data_dir)),
                           capture_output=True, text=True, check=True)
   read_back = json.loads(result.stdout.strip().splitlines()[-1])
-  in_process = tfds.builder('recola/egemaps', data_dir=data_dir).info.metadata
+  in_process = tfds.builder('recola/egemaps_functionals', data_dir=data_dir).info.metadata
   assert read_back['metadata'] == json.loads(json.dumps(dict(in_process)))
   assert read_back['shapes'] == {'audio': [64000], 'labels': [100, 2], 'logmel': [400, 40],
-                                 'mask': [100], 'recording': [], 'start': []}
+                                 'egemaps': [400, 25], 'mask': [100], 'recording': [],
+                                 'start': []}
 
 
 # ------------------------------------------------------------------------------------------

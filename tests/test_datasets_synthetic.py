@@ -8,7 +8,10 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
+from ccc_jax import egemaps
 from ccc_jax import features
+from ccc_jax import input_pipeline
+from ccc_jax.errors import CorpusError
 from datasets.synthetic_avd import linear_probe
 from datasets.synthetic_avd import simulation
 from tests import fixtures
@@ -27,7 +30,7 @@ def test_metadata_and_speaker_independent_splits(tiny):
   name, data_dir = tiny
   metadata = tfds.builder(name, data_dir=data_dir).info.metadata
   assert metadata['tasks'] == ['activation', 'valence', 'dominance']
-  assert metadata['modalities'] == ['audio', 'logmel', 'mocap']
+  assert metadata['modalities'] == ['audio', 'logmel', 'egemaps', 'mocap']
   assert metadata['labelled_splits'] == ['train', 'dev', 'test']
   speakers = metadata['speakers']
   assert [len(speakers[split]) for split in ('train', 'dev', 'test')] == [4, 1, 1]
@@ -36,6 +39,12 @@ def test_metadata_and_speaker_independent_splits(tiny):
     assert {recording.split('_')[0] for recording in recordings} == set(speakers[split])
     assert set(recordings.values()) == {NUM_FRAMES}
   assert len(metadata['stats']['mocap']['mean']) == features.mocap_feature_dim(17)
+  # eGeMAPS statistics are per LLD, over the training split: loudness varies, F0 is 0 when
+  # unvoiced and semitones above 27.5 Hz when voiced.
+  stats = metadata['stats']['egemaps']
+  assert len(stats['mean']) == len(stats['std']) == egemaps.NUM_EGEMAPS
+  f0 = egemaps.EGEMAPS_NAMES.index('F0semitoneFrom27.5Hz_sma3nz')
+  assert 5 < stats['mean'][f0] < 40 and stats['std'][f0] > 1
   sources = tfds.data_source(name, data_dir=data_dir)
   assert {split: len(source) for split, source in sources.items()} == {
       'train': 36, 'dev': 9, 'test': 9}
@@ -62,7 +71,23 @@ def test_a_window_matches_the_simulation(tiny):
   np.testing.assert_array_equal(window['audio'], audio[150 * 640:250 * 640])
   np.testing.assert_allclose(window['mocap'], mocap[150:250], atol=1e-4)
   np.testing.assert_allclose(window['logmel'], features.log_mel(audio)[600:1000], atol=1e-4)
+  # Computed once over the whole recording (the audio as the builder fits it), then sliced.
+  lld = egemaps.egemaps_lld(audio[:NUM_FRAMES * 640], NUM_FRAMES)
+  np.testing.assert_array_equal(window['egemaps'], lld[600:1000])
   np.testing.assert_array_equal(window['mask'], 1.0)
+
+
+def test_a_corpus_without_a_modality_says_prepare_again(tiny_data_dir):
+  """A corpus prepared before eGeMAPS existed (version 1.0.0) has no `egemaps`."""
+  corpus = input_pipeline.open_corpus('synthetic_avd:tiny', str(tiny_data_dir))
+  corpus.model_info(corpus.tasks, ('audio', 'egemaps'))
+  old = dict(corpus.metadata, modalities=['audio', 'logmel', 'mocap'])
+  old_corpus = input_pipeline.Corpus(corpus.name, corpus.data_dir, old, corpus.sources,
+                                     corpus.spec)
+  with pytest.raises(CorpusError, match=r"no 'egemaps' input \(it has audio, logmel, mocap\).*"
+                                        r'prepare it again: python -m launch.prepare '
+                                        r'--dataset=synthetic_avd:tiny --data_dir='):
+    old_corpus.model_info(corpus.tasks, ('audio', 'egemaps'))
 
 
 @pytest.mark.slow

@@ -6,6 +6,8 @@ One tiny trained model (the session's `tiny_workdir`) serves every test; nothing
 into its workdir.
 """
 
+import dataclasses
+
 import jax
 import numpy as np
 import pytest
@@ -13,13 +15,16 @@ import soundfile
 
 from ccc_jax import audio_io
 from ccc_jax import checkpoints
+from ccc_jax import egemaps
 from ccc_jax import evaluation
 from ccc_jax import features
 from ccc_jax import formats
 from ccc_jax import inference
 from ccc_jax import input_pipeline
 from ccc_jax import postprocess
+from ccc_jax import train
 from ccc_jax.errors import CheckpointError, DataError
+from conftest import tiny_config
 from datasets.synthetic_avd import simulation
 
 MOCAP_RATE = 60.0
@@ -93,6 +98,58 @@ def test_prediction_of_raw_recording_equals_the_prepared_split(predictor, tiny_d
   np.testing.assert_array_equal(predictor.predict(audio, 16000, positions, MOCAP_RATE),
                                 evaluation.ensemble(predictor.predict_seeds(
                                     audio, 16000, positions, MOCAP_RATE)))
+
+
+def _untrained(data_dir, modalities):
+  """A model of the tiny config reading `modalities`, with its initial parameters: the inputs'
+  path is what the tests compare, and training would only cost compile time."""
+  config = tiny_config(data_dir)
+  config = config.replace(model=dataclasses.replace(config.model, modalities=modalities))
+  corpus = input_pipeline.open_corpus(config.dataset, str(data_dir))
+  info = corpus.model_info(config.tasks, modalities)
+  graphdef, params = train.init_params(config.model, info, config.seeds)
+  return checkpoints.RestoredModel('untrained', 0, graphdef, params, info, config), corpus
+
+
+def test_egemaps_prediction_of_raw_recording_equals_the_prepared_split(tiny_data_dir):
+  """eGeMAPS computed per batch span by the Predictor (`egemaps_span`) == the builder's
+  whole-recording eGeMAPS, through the model. Exact up to float32 rounding: the synthetic
+  speech has no voiced stretch longer than `egemaps_span`'s 10 s look-back, the one case where
+  its jitter and shimmer could differ (ccc_jax/egemaps.py)."""
+  model, corpus = _untrained(tiny_data_dir, ('egemaps',))
+  expected = evaluation.predict_split(model.graphdef, model.params, corpus, 'dev',
+                                      model.modalities, model.tasks, batch_size=4)
+  (recording, entry), = expected.items()
+  audio, _ = _session(recording, corpus.recordings('dev')[recording])
+  got = inference.Predictor(model, batch_size=4).predict_seeds(audio, 16000)
+  assert got.shape == entry['prediction'].shape == (1, 500, 3)
+  assert np.std(got[0, :, 0]) > 1e-3  # the traces follow the input, so a feature error shows
+  np.testing.assert_allclose(got, entry['prediction'], rtol=1e-5, atol=1e-5)
+
+
+def test_egemaps_of_a_batch_are_those_of_the_whole_recording(tiny_data_dir):
+  """The Predictor's normalised eGeMAPS rows of one batch span (frames 200-500 of 500) equal the
+  prepared windows' rows."""
+  model, corpus = _untrained(tiny_data_dir, ('egemaps',))
+  recording = next(iter(corpus.recordings('dev')))
+  audio, _ = _session(recording, 500)
+  starts = np.array([200, 250, 300, 350, 400])
+  batch = inference.Predictor(model, batch_size=5)._window_batch(audio, None, starts, 500)
+  lld = egemaps.egemaps_lld(audio, 500)
+  prepared = np.stack([np.pad(lld[4 * s: 4 * s + 400], [(0, 400 - len(lld[4 * s: 4 * s + 400])),
+                                                          (0, 0)]) for s in starts])
+  np.testing.assert_allclose(
+      batch['egemaps'], input_pipeline.normalise({'egemaps': prepared}, corpus.stats,
+                                                 ['egemaps'])['egemaps'], rtol=1e-6, atol=1e-6)
+
+
+def test_the_avec_functionals_cannot_predict_new_recordings(tiny_workdir):
+  model = checkpoints.restore_model(tiny_workdir)
+  config = model.config.replace(model=dataclasses.replace(
+      model.config.model, modalities=('audio', 'egemaps_functionals')))
+  with pytest.raises(CheckpointError, match='egemaps_functionals.*new recording cannot be '
+                                            'predicted'):
+    inference.Predictor(dataclasses.replace(model, config=config))
 
 
 def test_log_mel_is_computed_in_bounded_chunks(predictor, monkeypatch):

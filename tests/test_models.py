@@ -18,26 +18,30 @@ import pytest
 from ccc_jax import models
 from ccc_jax.config import MODALITIES, TEMPORAL_MODELS, ModelConfig
 
-INPUT_DIMS = {'audio': 640, 'logmel': 40, 'mocap': 6}
+INPUT_DIMS = {'audio': 640, 'logmel': 40, 'egemaps': 25, 'egemaps_functionals': 5, 'mocap': 6}
 BATCH, WINDOW = 2, 8
-ALL_MODALITIES = ('audio', 'logmel', 'mocap')
+ALL_MODALITIES = MODALITIES
 
 
 def small_config(modalities=ALL_MODALITIES, temporal='tcn', **changes):
   return ModelConfig(**{
       'modalities': tuple(modalities), 'temporal': temporal,
       'audio_channels': (4, 4, 4, 8),  # same strides as the default: 640 samples per frame
-      'logmel_width': 8, 'mocap_width': 8, 'trunk_width': 8,
+      'logmel_width': 8, 'egemaps_width': 8, 'functionals_width': 8, 'mocap_width': 8,
+      'trunk_width': 8,
       'tcn_dilations': (1, 2, 4),  # receptive field 15 frames > WINDOW: every frame sees all
       'gru_hidden': 8, 'head_hidden': 4, **changes})
 
 
 def make_inputs(seed=0, batch=BATCH, window=WINDOW):
-  keys = jax.random.split(jax.random.key(seed), 3)
+  keys = jax.random.split(jax.random.key(seed), 5)
   return {
       'audio': jax.random.normal(keys[0], (batch, window * 640)),
       'logmel': jax.random.normal(keys[1], (batch, window * 4, INPUT_DIMS['logmel'])),
-      'mocap': jax.random.normal(keys[2], (batch, window, INPUT_DIMS['mocap'])),
+      'egemaps': jax.random.normal(keys[2], (batch, window * 4, INPUT_DIMS['egemaps'])),
+      'egemaps_functionals': jax.random.normal(
+          keys[3], (batch, window, INPUT_DIMS['egemaps_functionals'])),
+      'mocap': jax.random.normal(keys[4], (batch, window, INPUT_DIMS['mocap'])),
   }
 
 
@@ -153,8 +157,8 @@ def test_fused_heads_match_per_task_heads():
 
 def test_missing_modality_refused_at_construction():
   with pytest.raises(ValueError, match=r"'mocap'.*\['audio', 'logmel'\]"):
-    models.AVDNet(small_config(), num_tasks=3, input_dims={'audio': 640, 'logmel': 40},
-                  rngs=nnx.Rngs(0))
+    models.AVDNet(small_config(('audio', 'logmel', 'mocap')), num_tasks=3,
+                  input_dims={'audio': 640, 'logmel': 40}, rngs=nnx.Rngs(0))
 
 
 def test_missing_modality_refused_at_call(inputs):
@@ -169,6 +173,19 @@ def test_inconsistent_windows_refused():
   shapes = jax.eval_shape(make_inputs)
   shapes['mocap'] = jax.ShapeDtypeStruct((BATCH, WINDOW + 1, INPUT_DIMS['mocap']), jnp.float32)
   with pytest.raises(ValueError, match='disagree'):
+    jax.eval_shape(model, shapes)
+
+
+@pytest.mark.parametrize('modality, shape, message', [
+    ('egemaps', (BATCH, WINDOW * 4, 24), r'egemaps must be \[B, T\*4, 25\]'),
+    ('egemaps', (BATCH, WINDOW * 4 + 1, 25), r'egemaps must be \[B, T\*4, 25\]'),
+    ('egemaps_functionals', (BATCH, WINDOW, 6), r'egemaps_functionals must be \[B, T, 5\]'),
+])
+def test_frame_branches_name_a_wrong_input_shape(modality, shape, message):
+  model, *_ = built()
+  shapes = jax.eval_shape(make_inputs)
+  shapes[modality] = jax.ShapeDtypeStruct(shape, jnp.float32)
+  with pytest.raises(ValueError, match=message):
     jax.eval_shape(model, shapes)
 
 

@@ -3,7 +3,9 @@
 Owns reading the AVEC 2016 layout (documented in datasets/README.md):
 recordings_audio/{train,dev,test}_N.wav, arousal and valence gold standards from
 ratings_gold_standard/*/*.arff or, with `gold_standard='raters_mean'`, the mean of the raters
-in ratings_individual/*/*.csv, and optionally the eGeMAPS functionals in features_audio/*/*.arff.
+in ratings_individual/*/*.csv, and optionally the AVEC baseline's eGeMAPS functionals in
+features_audio/*/*.arff (`egemaps_functionals`; the eGeMAPS LLDs, `egemaps`, are computed from the
+audio for every config, as for every corpus).
 Partitions come from the file names; the test partition has audio only (its labels are not
 public). RECOLA has no dominance: tasks are ('arousal', 'valence').
 """
@@ -37,16 +39,17 @@ _NOT_FEATURES = ('name', 'Instance_name', 'frameTime', 'class')
 
 @dataclasses.dataclass(eq=False)
 class RecolaConfig(common.WindowedConfig):
-  """Where the labels come from and whether to add the eGeMAPS features.
+  """Where the labels come from and whether to add the AVEC baseline's eGeMAPS functionals.
 
   Attributes:
     gold_standard: 'arff' reads ratings_gold_standard (the AVEC 2016 gold standard, raters'
       offsets re-centred); 'raters_mean' averages the raters of ratings_individual.
-    egemaps: also write `egemaps` [T, 2 x 88]: the arousal (4 s window) and valence (6 s
-      window) eGeMAPS functionals of features_audio, side by side.
+    functionals: also write `egemaps_functionals` [T, 2 x 88]: the arousal (4 s window) and
+      valence (6 s window) eGeMAPS functionals of features_audio, side by side, as the AVEC 2016
+      baseline computed them.
   """
   gold_standard: str = 'arff'
-  egemaps: bool = False
+  functionals: bool = False
 
 
 @dataclasses.dataclass
@@ -56,7 +59,7 @@ class _Source:
   audio_path: str
   num_frames: int
   labels: np.ndarray | None
-  egemaps: np.ndarray | None
+  functionals: np.ndarray | None
 
 
 class Builder(common.WindowedBuilder):
@@ -67,19 +70,21 @@ class Builder(common.WindowedBuilder):
   MANUAL_DOWNLOAD_INSTRUCTIONS = """\
   Request the AVEC 2016 RECOLA package (https://diuf.unifr.ch/main/diva/recola/) and pass its
   root folder as manual_dir. Used: recordings_audio/, ratings_gold_standard/ (or
-  ratings_individual/ with gold_standard='raters_mean') and, with egemaps=True, features_audio/.
+  ratings_individual/ with gold_standard='raters_mean') and, with functionals=True,
+  features_audio/.
   """
   BUILDER_CONFIGS = [
       RecolaConfig(name='default', description='AVEC 2016 gold standard from the ARFF files.'),
       RecolaConfig(name='raters_mean', gold_standard='raters_mean',
                    description='Gold standard = plain mean of the six raters in '
                                'ratings_individual.'),
-      RecolaConfig(name='egemaps', egemaps=True,
-                   description='AVEC 2016 gold standard plus the eGeMAPS functionals.'),
+      RecolaConfig(name='egemaps_functionals', functionals=True,
+                   description='AVEC 2016 gold standard plus the baseline\'s eGeMAPS '
+                               'functionals (features_audio).'),
   ]
 
   def _frame_feature_dims(self):
-    return {'egemaps': None} if self.builder_config.egemaps else {}
+    return {'egemaps_functionals': None} if self.builder_config.functionals else {}
 
   def _list_recordings(self, dl_manager):
     config = self.builder_config
@@ -92,7 +97,7 @@ class Builder(common.WindowedBuilder):
                               else 'ratings_individual')
     label_dirs = {task: common.require_dir(os.path.join(label_root, task), 'RECOLA label')
                   for task in TASKS}
-    if config.egemaps:
+    if config.functionals:
       feature_dirs = [common.require_dir(os.path.join(root, 'features_audio', task),
                                          'RECOLA eGeMAPS') for task in TASKS]
     names = sorted((name for name in os.listdir(audio_dir) if _AUDIO_NAME.match(name)),
@@ -101,7 +106,7 @@ class Builder(common.WindowedBuilder):
     if not names:
       raise DataError(f'{audio_dir}: no recordings named train_N.wav, dev_N.wav or test_N.wav')
     sources = {}
-    egemaps_width = None
+    functionals_width = None
     for name in names:
       split = _AUDIO_NAME.match(name)[1]
       recording_id = name[:-len('.wav')]
@@ -125,8 +130,8 @@ class Builder(common.WindowedBuilder):
           per_task.append(values)
         num_frames = min([audio_frames] + [len(values) for values in per_task])
         labels = np.stack([values[:num_frames] for values in per_task], axis=1)
-      egemaps = None
-      if config.egemaps:
+      functionals = None
+      if config.functionals:
         blocks = []
         for feature_dir in feature_dirs:
           path = os.path.join(feature_dir, f'{recording_id}.arff')
@@ -135,14 +140,14 @@ class Builder(common.WindowedBuilder):
           # Features may end a few frames early: hold the last vector, as AVEC 2016 does.
           table = table[:num_frames]
           blocks.append(np.pad(table, [(0, num_frames - len(table)), (0, 0)], mode='edge'))
-        egemaps = np.concatenate(blocks, axis=1).astype(np.float32)
-        if egemaps_width is None:
-          egemaps_width = egemaps.shape[1]
-        elif egemaps.shape[1] != egemaps_width:
-          raise DataError(f'{feature_dirs[0]}: {recording_id} has {egemaps.shape[1]} eGeMAPS '
-                          f'features, other recordings {egemaps_width}')
+        functionals = np.concatenate(blocks, axis=1).astype(np.float32)
+        if functionals_width is None:
+          functionals_width = functionals.shape[1]
+        elif functionals.shape[1] != functionals_width:
+          raise DataError(f'{feature_dirs[0]}: {recording_id} has {functionals.shape[1]} eGeMAPS '
+                          f'functionals, other recordings {functionals_width}')
       sources.setdefault(split, []).append(_Source(recording_id, audio_path, num_frames,
-                                                   labels, egemaps))
+                                                   labels, functionals))
     self.info.metadata['gold_standard'] = config.gold_standard
     return {split: sources[split] for split in _SPLITS if split in sources}
 
@@ -160,7 +165,8 @@ class Builder(common.WindowedBuilder):
     return path, ratings.mean(axis=1)
 
   def _load_recording(self, source: _Source) -> common.Recording:
-    frame_features = {} if source.egemaps is None else {'egemaps': source.egemaps}
+    frame_features = ({} if source.functionals is None else
+                      {'egemaps_functionals': source.functionals})
     return common.Recording(
         recording_id=source.recording_id, num_frames=source.num_frames,
         audio=audio_io.load_audio(source.audio_path),

@@ -54,6 +54,16 @@ def _setter(name: str, **fields) -> Callable:
   return edit
 
 
+def _egemaps(config, value):
+  """The paper's "extracted features" as openSMILE's eGeMAPS LLDs instead of our log-mel."""
+  _no_value('egemaps', value)
+  modalities = tuple(config.model.modalities)
+  if 'logmel' not in modalities:
+    raise run_config.ConfigError(f'variant egemaps replaces logmel, but model.modalities is '
+                                 f'{modalities}')
+  config.model.modalities = tuple('egemaps' if m == 'logmel' else m for m in modalities)
+
+
 def _seeds(config, count):
   count = _needs('seeds', count, 'N')
   if not count.isdigit() or int(count) < 1:
@@ -72,6 +82,10 @@ VARIANTS: dict[str, Variant] = {
                    'mocap branch only'),
     'raw_audio_only': (_setter('raw_audio_only', **{'model.modalities': ('audio',)}),
                        'raw-waveform branch only'),
+    'egemaps': (_egemaps, 'eGeMAPS LLDs (openSMILE) instead of log-mel beside the raw audio; '
+                          'after audio_only: raw audio + eGeMAPS'),
+    'egemaps_only': (_setter('egemaps_only', **{'model.modalities': ('egemaps',)}),
+                     'eGeMAPS branch only'),
     'tcn': (_setter('tcn', **{'model.temporal': 'tcn'}),
             'dilated temporal convolutions instead of the bidirectional GRU'),
     'pmap': (_setter('pmap', parallel='pmap'), 'literal jax.pmap train step'),

@@ -37,6 +37,8 @@ def _tiny(config, value):
   config.eval_batch = 16
   config.model.audio_channels = (8, 8, 16, 16)
   config.model.logmel_width = 16
+  config.model.egemaps_width = 16
+  config.model.functionals_width = 16
   config.model.mocap_width = 16
   config.model.trunk_width = 16
   config.model.tcn_dilations = (1, 2)
