@@ -26,7 +26,13 @@ class TrainingDiverged(RuntimeError):
 
 
 class OutputError(OSError):
-  """An output file or folder cannot be written (full disk, read-only, a folder in the way)."""
+  """An output file or folder cannot be written (full disk, read-only, a folder in the way).
+
+  Made as `OutputError(errno, message)`; it reads as the message alone.
+  """
+
+  def __str__(self) -> str:
+    return str(self.strerror)
 
 
 class Interrupted(RuntimeError):

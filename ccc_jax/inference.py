@@ -261,8 +261,9 @@ def predict_recording(workdir: str, audio: str, output: str, *, mocap: str | Non
 
   Returns:
     `output`, `frames`, `seconds`, `tasks`, `step`, `seeds`, `postprocessing` (a description or
-    None), `postprocess_requested`, `mocap_ignored`, and `ccc` (task -> CCC) with labels, `plot`
-    with a plot.
+    None), `postprocess_requested`, `mocap_ignored`, `warnings` (sentences about the result a
+    user should know, e.g. a recording shorter than the tuned delay), and `ccc` (task -> CCC)
+    with labels, `plot` with a plot.
   """
   label_columns = None
   if labels is not None:  # a bad labels file fails before any prediction work
@@ -285,7 +286,8 @@ def predict_recording(workdir: str, audio: str, output: str, *, mocap: str | Non
       'postprocessing': (None if predictor.postprocessing is None else
                          postprocess.describe(predictor.postprocessing)),
       'postprocess_requested': use_postprocessing,
-      'mocap_ignored': mocap is not None and not predictor.needs_mocap}
+      'mocap_ignored': mocap is not None and not predictor.needs_mocap,
+      'warnings': _short_recording_warnings(predictor, prediction.shape[0])}
   if gold is not None:
     summary['ccc'] = {}
     for k, task in enumerate(tasks):
@@ -300,3 +302,15 @@ def predict_recording(workdir: str, audio: str, output: str, *, mocap: str | Non
                 f'{os.path.basename(audio)}: checkpoint step {predictor.step}, {kind}', gold)
     summary['plot'] = os.fspath(plot)
   return summary
+
+
+def _short_recording_warnings(predictor: Predictor, num_frames: int) -> list[str]:
+  """A delay at least as long as the recording leaves a constant post-processed trace."""
+  if predictor.postprocessing is None:
+    return []
+  rate = predictor.label_rate
+  return [f'{task}: the recording lasts {num_frames / rate:.2f} s, not longer than the '
+          f'{steps.delay_frames / rate:.2f} s delay tuned on dev, so its post-processed trace is '
+          'constant (the first prediction repeated); --postprocess=false gives the raw trace'
+          for task, steps in predictor.postprocessing.per_task.items()
+          if steps.delay_frames >= num_frames]

@@ -123,16 +123,45 @@ def open_corpus(dataset: str, data_dir: str) -> Corpus:
     sources = tfds.data_source(name, data_dir=data_dir)
   except Exception as error:  # TFDS raises several types for "not there" and "damaged"
     message = str(error).strip().split('\n')[0][:200]
-    raise CorpusError(f'{spec} under {data_dir} cannot be read ({type(error).__name__}: '
-                      f'{message}); prepare it again: {prepare}') from None
+    raise CorpusError(f'{os.path.join(data_dir, spec.dataset, spec.config_name)}: the prepared '
+                      f'dataset {spec} cannot be read ({type(error).__name__}: {message}); '
+                      f'delete that folder and prepare it again: {prepare}') from None
   metadata = dict(builder.info.metadata or {})
   required = ('tasks', 'modalities', 'window', 'hop', 'stats', 'recordings', 'labelled_splits')
   missing = [key for key in required if key not in metadata]
   if missing:
     raise CorpusError(f'{name} under {data_dir} lacks metadata {missing}: prepare it again: '
                       f'{prepare}')
-  return Corpus(name=name, data_dir=data_dir, metadata=metadata, sources=dict(sources),
+  folder = os.fspath(builder.data_dir)
+  return Corpus(name=name, data_dir=data_dir, metadata=metadata,
+                sources={split: _CheckedSource(source, folder, split, prepare)
+                         for split, source in sources.items()},
                 spec=str(spec))
+
+
+class _CheckedSource:
+  """A split's random-access source whose read errors name the damaged files and the fix.
+
+  ArrayRecord reports a damaged shard as a bare `RuntimeError` ("Corrupted Riegeli/records
+  file ..."), without the file's name; training and evaluation read through this instead.
+  """
+
+  def __init__(self, source, folder: str, split: str, prepare: str):
+    self._source, self._folder, self._split, self._prepare = source, folder, split, prepare
+
+  def __len__(self) -> int:
+    return len(self._source)
+
+  def __getitem__(self, index):
+    try:
+      return self._source[index]
+    except RuntimeError as error:
+      shards = sorted(name for name in os.listdir(self._folder)
+                      if f'-{self._split}.array_record' in name)
+      raise CorpusError(
+          f'{os.path.join(self._folder, shards[0] if len(shards) == 1 else "")}: the prepared '
+          f'{self._split} split is damaged (window {index}: {str(error)[:120]}); delete '
+          f'{self._folder} and prepare it again: {self._prepare}') from None
 
 
 def normalise(example: dict[str, np.ndarray], stats: dict[str, Any],

@@ -212,11 +212,11 @@ class _MetricWriter:
       self._tensorboard.close()
 
 
-def _row_step(line: str) -> int:
+def _row_step(line: str) -> float:
   try:
     return int(json.loads(line)['step'])
   except (ValueError, KeyError, TypeError):
-    return -1  # a line cut by a kill: dropped with the rows after the checkpoint
+    return math.inf  # a line cut by a kill: dropped with the rows after the checkpoint
 
 
 def _log(message: str) -> None:

@@ -73,6 +73,7 @@ def prediction(summary: dict[str, Any]) -> str:
     lines.append('post-processing off: raw predictions')
   if summary['mocap_ignored']:
     lines.append('note: the model does not use mocap; --mocap was ignored')
+  lines += [f'warning: {warning}' for warning in summary.get('warnings', [])]
   for task, value in summary.get('ccc', {}).items():
     lines.append(f'CCC against the labels, {task}: {value:.4f}')
   if 'plot' in summary:

@@ -97,9 +97,20 @@ def test_resume_continues_and_refuses_another_config(tiny_workdir, tiny_data_dir
   finished = json.loads((tiny_workdir / 'summary.json').read_text())
   assert again['dev']['mean']['ccc_concat'] == pytest.approx(finished['dev']['mean']['ccc_concat'],
                                                              abs=1e-6)
-  summary = train.train_and_evaluate(tiny_config(tiny_data_dir, num_steps=25), str(workdir))
-  assert summary['step'] == 25
-  assert sorted(os.listdir(workdir / 'checkpoints' / 'latest')) == ['25']
+  # num_steps sets the schedule: changing it on resume is refused, with the reason.
+  with pytest.raises(errors.CheckpointError, match='num_steps: 20 -> 25.*decay_steps'):
+    train.train_and_evaluate(tiny_config(tiny_data_dir, num_steps=25), str(workdir))
+
+
+def test_with_a_fixed_schedule_a_run_is_extended_exactly(tiny_workdir, tiny_data_dir, tmp_path):
+  """Planned for 10 steps with `optimizer.decay_steps` = 20, then resumed with num_steps = 20:
+  the parameters of the session's run planned for 20 steps (the same schedule)."""
+  base = tiny_config(tiny_data_dir)
+  fixed = dataclasses.replace(base.optimizer, decay_steps=20)
+  workdir = str(tmp_path / 'extended')
+  assert train.train_and_evaluate(base.replace(num_steps=10, optimizer=fixed), workdir)['step'] == 10
+  assert train.train_and_evaluate(base.replace(num_steps=20, optimizer=fixed), workdir)['step'] == 20
+  _assert_same_params(_params(workdir)[0], _params(tiny_workdir)[0], exact=True)
 
 
 @pytest.mark.slow
@@ -143,22 +154,21 @@ def _free_port():
 
 
 @pytest.mark.slow
-def test_two_processes_match_one_process(tiny_data_dir, tmp_path):
-  """Two processes with two CPU devices each reach the parameters of one process with four."""
+def test_two_processes_match_one_process(tiny_workdir, tiny_data_dir, tmp_path):
+  """Two processes with four CPU devices each reach the parameters of one process with eight
+  (the session's tiny run, trained in this process on its 8 devices with the same config)."""
   port = _free_port()
-  runs = [subprocess.Popen(_train_command(tiny_data_dir, tmp_path / 'one', '--config.num_steps=10'),
-                           cwd=REPO, env=_env(4), stdout=subprocess.PIPE, stderr=subprocess.PIPE)]
+  runs = []
   for process_id in range(2):
     runs.append(subprocess.Popen(
-        _train_command(tiny_data_dir, tmp_path / 'two', '--config.num_steps=10',
-                       f'--coordinator_address=localhost:{port}', '--num_processes=2',
-                       f'--process_id={process_id}'),
-        cwd=REPO, env=_env(2), stdout=subprocess.PIPE, stderr=subprocess.PIPE))
+        _train_command(tiny_data_dir, tmp_path / 'two', f'--coordinator_address=localhost:{port}',
+                       '--num_processes=2', f'--process_id={process_id}'),
+        cwd=REPO, env=_env(4), stdout=subprocess.PIPE, stderr=subprocess.PIPE))
   outputs = [run.communicate(timeout=400) for run in runs]
   for run, (out, err) in zip(runs, outputs):
     assert run.returncode == 0, err.decode()[-3000:]
-  assert b'4 x cpu (2 process(es))' in outputs[1][0]
-  _assert_same_params(_params(tmp_path / 'one')[0], _params(tmp_path / 'two')[0], exact=False)
+  assert b'8 x cpu (2 process(es))' in outputs[0][0]
+  _assert_same_params(_params(tiny_workdir)[0], _params(tmp_path / 'two')[0], exact=False)
 
 
 def test_nan_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(

@@ -15,6 +15,7 @@ import dataclasses
 import numpy as np
 
 from ccc_jax import features
+from ccc_jax.errors import ConfigError
 from datasets import common
 from datasets.synthetic_avd import simulation
 
@@ -68,8 +69,11 @@ class Builder(common.WindowedBuilder):
   def _list_recordings(self, dl_manager):
     del dl_manager  # nothing to download: everything is generated
     config = self.builder_config
-    speakers = simulation.speaker_splits(config.seed, config.num_speakers, config.dev_speakers,
-                                         config.test_speakers)
+    try:
+      speakers = simulation.speaker_splits(config.seed, config.num_speakers,
+                                           config.dev_speakers, config.test_speakers)
+    except ValueError as error:  # sizes changed with the dataset spec's FIELD=VALUE
+      raise ConfigError(f'synthetic_avd config {config.name}: {error}') from None
     sessions = {split: [(speaker, session) for speaker in split_speakers
                         for session in range(config.sessions_per_speaker)]
                 for split, split_speakers in speakers.items()}
