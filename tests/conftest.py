@@ -14,7 +14,14 @@ os.environ.setdefault('JAX_PLATFORMS', 'cpu')
 # launch scripts): XLA compiles are most of the suite's time on 2 cores.
 if 'JAX_COMPILATION_CACHE_DIR' not in os.environ:
   import tempfile
-  os.environ['JAX_COMPILATION_CACHE_DIR'] = tempfile.mkdtemp(prefix='ccc_jax_xla_cache_')
+  # pytest-xdist's workers of one run share one cache (the run's id names it).
+  _RUN = os.environ.get('PYTEST_XDIST_TESTRUNUID')
+  if _RUN:
+    os.environ['JAX_COMPILATION_CACHE_DIR'] = os.path.join(tempfile.gettempdir(),
+                                                           f'ccc_jax_xla_cache_{_RUN}')
+    os.makedirs(os.environ['JAX_COMPILATION_CACHE_DIR'], exist_ok=True)
+  else:
+    os.environ['JAX_COMPILATION_CACHE_DIR'] = tempfile.mkdtemp(prefix='ccc_jax_xla_cache_')
 os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '0')
 os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES', '0')
 
