@@ -218,3 +218,22 @@ def write_creativeit(root: str,
           traces.append((times, values))
         fixture.annotations[recording_id][task] = traces
   return fixture
+
+
+def write_recording(directory, seconds=2.0, rate=44100):
+  """`(wav, mocap)`: a stereo WAV and a 60 Hz mocap CSV with the synthetic corpus' markers, as a
+  new recording for `Predictor` and `launch.predict`."""
+  from datasets.synthetic_avd import simulation  # pylint: disable=g-import-not-at-top
+  markers = simulation.MARKERS
+  rng = np.random.default_rng(0)
+  t = np.arange(int(seconds * rate)) / rate
+  audio = np.stack([0.2 * np.sin(2 * np.pi * 180 * t), 0.05 * rng.normal(size=t.shape)], axis=1)
+  wav = directory / 'talk.wav'
+  soundfile.write(wav, audio, rate)
+  frames = int(seconds * 60)
+  positions = rng.normal(size=(frames, len(markers), 3)) * 10 + 500
+  header = ['time'] + [f'{m}_{axis}' for m in markers for axis in 'xyz']
+  table = np.column_stack([np.arange(frames) / 60, positions.reshape(frames, -1)])
+  mocap = directory / 'talk_mocap.csv'
+  np.savetxt(mocap, table, delimiter=',', header=','.join(header), comments='', fmt='%.5f')
+  return wav, mocap

@@ -31,6 +31,7 @@ from ccc_jax.errors import CheckpointError, DataError
 from conftest import REPO
 from datasets.synthetic_avd import simulation
 from launch import text
+from tests import fixtures
 
 LEAD_FRAMES = 30  # 1.2 s, on the tuning grid (multiples of 10 frames)
 
@@ -40,22 +41,6 @@ def workdir(tiny_workdir, tmp_path):
   copy = tmp_path / 'run'
   shutil.copytree(tiny_workdir, copy)
   return copy
-
-
-def _recording_files(directory, seconds=2.0, rate=44100):
-  """A stereo 44.1 kHz WAV and a 60 Hz mocap CSV with the synthetic corpus' markers."""
-  rng = np.random.default_rng(0)
-  t = np.arange(int(seconds * rate)) / rate
-  audio = np.stack([0.2 * np.sin(2 * np.pi * 180 * t), 0.05 * rng.normal(size=t.shape)], axis=1)
-  wav = directory / 'talk.wav'
-  soundfile.write(wav, audio, rate)
-  frames = int(seconds * 60)
-  positions = rng.normal(size=(frames, len(simulation.MARKERS), 3)) * 10 + 500
-  header = ['time'] + [f'{m}_{axis}' for m in simulation.MARKERS for axis in 'xyz']
-  table = np.column_stack([np.arange(frames) / 60, positions.reshape(frames, -1)])
-  mocap = directory / 'talk_mocap.csv'
-  np.savetxt(mocap, table, delimiter=',', header=','.join(header), comments='', fmt='%.5f')
-  return wav, mocap
 
 
 def test_evaluate_tunes_on_dev_and_applies_on_test(workdir):
@@ -161,7 +146,7 @@ def test_unlabelled_split_gets_prediction_files_and_a_note(workdir, monkeypatch)
 
 
 def test_predict_recording_writes_traces_plot_and_scores_labels(workdir, tmp_path):
-  wav, mocap = _recording_files(tmp_path)
+  wav, mocap = fixtures.write_recording(tmp_path)
   labels = tmp_path / 'gold.csv'
   labels.write_text('time,valence,unknown_task\n' +
                     ''.join(f'{i * 0.04:.2f},{np.sin(i / 5):.4f},0\n' for i in range(50)))
@@ -188,7 +173,7 @@ def test_predict_recording_writes_traces_plot_and_scores_labels(workdir, tmp_pat
 
 
 def test_predict_recording_bad_inputs(workdir, tmp_path):
-  wav, mocap = _recording_files(tmp_path)
+  wav, mocap = fixtures.write_recording(tmp_path)
   output = str(tmp_path / 'out.csv')
   with pytest.raises(ValueError, match='--mocap=FILE.csv'):
     inference.predict_recording(str(workdir), str(wav), output)
@@ -220,7 +205,7 @@ def test_command_lines_and_exit_codes(workdir, tmp_path):
   assert tuned.returncode == 0, tuned.stderr
   assert '| activation |' in tuned.stdout and 'After post-processing' in tuned.stdout
 
-  wav, mocap = _recording_files(tmp_path)
+  wav, mocap = fixtures.write_recording(tmp_path)
   output = tmp_path / 'talk.csv'
   predicted = _run('launch.predict', f'--workdir={workdir}', f'--audio={wav}',
                    f'--mocap={mocap}', f'--output={output}', f'--plot={tmp_path / "talk.png"}')

@@ -35,7 +35,6 @@ from ccc_jax import postprocess
 from ccc_jax import train
 from conftest import REPO, tiny_config
 from datasets import prepare
-from datasets.synthetic_avd import simulation
 from launch import cli
 from launch import text
 from tests import fixtures
@@ -89,20 +88,6 @@ def workdir(tiny_workdir, tmp_path):
   copy = tmp_path / 'run'
   shutil.copytree(tiny_workdir, copy)
   return copy
-
-
-def _recording(directory: pathlib.Path, seconds=2.0):
-  rng = np.random.default_rng(0)
-  rate = 16000
-  wav = directory / 'talk.wav'
-  soundfile.write(wav, 0.1 * rng.standard_normal(int(seconds * rate)), rate)
-  frames = int(seconds * 60)
-  positions = rng.normal(size=(frames, len(simulation.MARKERS), 3)) * 10 + 500
-  header = ['time'] + [f'{m}_{axis}' for m in simulation.MARKERS for axis in 'xyz']
-  table = np.column_stack([np.arange(frames) / 60, positions.reshape(frames, -1)])
-  mocap = directory / 'talk_mocap.csv'
-  np.savetxt(mocap, table, delimiter=',', header=','.join(header), comments='', fmt='%.5f')
-  return wav, mocap
 
 
 def _predict(workdir, audio, output, mocap=None):
@@ -179,7 +164,7 @@ def test_ratings_with_a_rater_missing_are_refused(tmp_path, capsys):
 
 
 def test_predict_on_a_full_disk_leaves_no_partial_file(workdir, tmp_path, capsys, monkeypatch):
-  wav, mocap = _recording(tmp_path)
+  wav, mocap = fixtures.write_recording(tmp_path)
   output = tmp_path / 'out' / 'talk.csv'
 
   def full_disk(fd):
@@ -248,7 +233,7 @@ def test_leftovers_of_a_killed_prepare_are_removed(tmp_path, tiny_data_dir):
     ('time,HEAD_x\n0,caf\xe9\n'.encode('latin-1'), 'not a UTF-8 text file (byte 17, line 2)'),
 ])
 def test_non_utf8_mocap_is_named(workdir, tmp_path, capsys, content, expected):
-  wav, _ = _recording(tmp_path)
+  wav, _ = fixtures.write_recording(tmp_path)
   mocap = tmp_path / 'bad_mocap.csv'
   mocap.write_bytes(content)
   output = tmp_path / 'out.csv'
@@ -257,7 +242,7 @@ def test_non_utf8_mocap_is_named(workdir, tmp_path, capsys, content, expected):
 
 
 def test_a_wav_passed_as_mocap_is_named(workdir, tmp_path, capsys):
-  wav, _ = _recording(tmp_path)
+  wav, _ = fixtures.write_recording(tmp_path)
   output = tmp_path / 'out.csv'
   _one_line(capsys, Case('predict', _predict(workdir, wav, output, wav),
                          (str(wav), 'not a UTF-8 text file', 'expected a mocap CSV'),
@@ -265,7 +250,7 @@ def test_a_wav_passed_as_mocap_is_named(workdir, tmp_path, capsys):
 
 
 def test_a_byte_order_mark_in_the_mocap_header_is_accepted(workdir, tmp_path):
-  wav, mocap = _recording(tmp_path)
+  wav, mocap = fixtures.write_recording(tmp_path)
   with_bom = tmp_path / 'bom_mocap.csv'
   with_bom.write_bytes(b'\xef\xbb\xbf' + mocap.read_bytes())
   summary = inference.predict_recording(str(workdir), str(wav), str(tmp_path / 'out.csv'),
@@ -313,7 +298,7 @@ def test_workdir_that_is_a_file_or_read_only(tmp_path, tiny_data_dir, capsys, mo
 
 
 def test_output_path_that_is_a_folder(workdir, tmp_path, capsys):
-  wav, mocap = _recording(tmp_path)
+  wav, mocap = fixtures.write_recording(tmp_path)
   folder = tmp_path / 'outputs'
   folder.mkdir()
   _one_line(capsys, Case('predict', _predict(workdir, wav, folder, mocap),
@@ -442,7 +427,7 @@ def test_ctrl_c_says_where_it_stopped_and_how_to_resume(tiny_data_dir, tmp_path,
 
 
 def test_a_folder_given_as_audio(workdir, tmp_path, capsys):
-  _, mocap = _recording(tmp_path)
+  _, mocap = fixtures.write_recording(tmp_path)
   folder = tmp_path / 'recordings'
   folder.mkdir()
   _one_line(capsys, Case('predict', _predict(workdir, folder, tmp_path / 'out.csv', mocap),
@@ -451,7 +436,7 @@ def test_a_folder_given_as_audio(workdir, tmp_path, capsys):
 
 
 def test_a_recording_shorter_than_the_tuned_delay_is_told(workdir, tmp_path):
-  wav, mocap = _recording(tmp_path, seconds=1.0)
+  wav, mocap = fixtures.write_recording(tmp_path, seconds=1.0)
   step = checkpoints.restore_model(str(workdir)).step
   delayed = postprocess.TaskPostProcessing(delay_frames=40)  # 1.6 s
   postprocess.save(str(workdir), step, postprocess.PostProcessing(
