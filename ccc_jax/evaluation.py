@@ -188,9 +188,9 @@ def evaluate_split(workdir: str, split: str, checkpoint: str | int = 'best',
                for name, trace in combined.items()}
   if labelled:
     truth = {name: entry['truth'] for name, entry in predictions.items()}
-    result['ensemble_before'] = score(truth, combined, tasks)
+    tables = score_split(predictions, tasks)  # the ensemble's rows, each seed's, their mean
+    result['ensemble_before'] = {row: tables[row] for row in (*tasks, 'mean')}
     result['ensemble_after'] = score(truth, processed, tasks)
-    tables = score_split(predictions, tasks)
     result['seed_mean_before'] = {**tables['seed_mean'], 'seeds': tables['seeds']}
   else:
     directory = os.path.join(model.workdir, 'predictions', f'{split}_step{model.step}')

@@ -22,7 +22,7 @@ import time
 from ccc_jax import files
 from ccc_jax import windows
 from ccc_jax.config import DatasetSpec, unknown_name
-from ccc_jax.errors import ConfigError, DataError, OutputError
+from ccc_jax.errors import ConfigError, OutputError
 
 DATASETS = ('synthetic_avd', 'recola', 'creativeit')
 _TEMPORARY_PREFIX = 'ccc_jax_prepare_'

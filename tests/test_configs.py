@@ -3,7 +3,6 @@
 import pathlib
 import re
 
-from ml_collections import config_flags  # noqa: F401  (the flag machinery the launch scripts use)
 import pytest
 
 from ccc_jax import config as run_config

@@ -26,7 +26,7 @@ def test_command_line_prepares_with_overrides_and_prints_a_summary(tmp_path):
   result = _run('--dataset=synthetic_avd:tiny,window=60,hop=30', f'--data_dir={data_dir}')
   assert result.returncode == 0, result.stderr
   name = 'synthetic_avd/tiny_window-60_hop-30'
-  assert f'Prepared synthetic_avd:tiny,window=60,hop=30 in ' in result.stdout
+  assert 'Prepared synthetic_avd:tiny,window=60,hop=30 in ' in result.stdout
   assert 'train              4        64    0.022' in result.stdout  # 4 x 16 windows of 60 frames
   assert 's per hour of audio' in result.stdout
   assert 'train 4/4' in result.stderr  # per-recording progress

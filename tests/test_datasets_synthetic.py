@@ -14,7 +14,6 @@ from ccc_jax import input_pipeline
 from ccc_jax.errors import CorpusError
 from datasets.synthetic_avd import linear_probe
 from datasets.synthetic_avd import simulation
-from tests import fixtures
 
 SEED = 0  # the tiny config's seed
 NUM_FRAMES = 500  # 20 s sessions

@@ -19,7 +19,6 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from scipy import ndimage
-import soundfile
 
 from ccc_jax import checkpoints
 from ccc_jax import evaluation

@@ -7,7 +7,7 @@ import pytest
 from scipy import ndimage
 
 from ccc_jax import postprocess
-from ccc_jax.metrics import StreamingMetrics, concordance_cc
+from ccc_jax.metrics import StreamingMetrics
 
 TASKS = ('arousal', 'valence')
 
