@@ -39,9 +39,14 @@ from ccc_jax.errors import CheckpointError
 
 def _manager(directory: str, *, async_save: bool, for_reading: bool = False):
   # For reading: keep every step and create nothing (orbax's read_only mode warns on each use).
+  # Each manager its own barrier names: `latest` and `best` finalise their async saves in
+  # threads that may overlap, and with orbax's shared default names a multi-process run failed
+  # with "Barrier ThreadSaveMultiHostValueHolder:set_value_start is already ongoing".
   options = ocp.CheckpointManagerOptions(
       max_to_keep=None if for_reading else 1, create=not for_reading,
-      enable_async_checkpointing=async_save)
+      enable_async_checkpointing=async_save,
+      multiprocessing_options=ocp.options.MultiprocessingOptions(
+          barrier_sync_key_prefix=os.path.basename(directory.rstrip('/'))))
   handlers = {'params': ocp.StandardCheckpointHandler(),
               'opt_state': ocp.StandardCheckpointHandler(),
               'data': grain.checkpoint.CheckpointHandler(),
