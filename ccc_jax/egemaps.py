@@ -1,4 +1,4 @@
-"""eGeMAPSv02 low-level descriptors (LLDs) per 10 ms, aligned like the log-mel features.
+"""eGeMAPSv02 low-level descriptors (LLDs) per 10 ms, 4 rows per label frame like log-mel.
 
 Owns computing the 25 eGeMAPSv02 LLDs of openSMILE (the `opensmile` package, which ships the
 openSMILE library and its configs and runs offline) for a 16 kHz waveform, 4 rows per 25 Hz label
@@ -26,14 +26,17 @@ row k reads frames k - 1, k, k + 1. The LLDs come in two timings:
   F0.
 
 Alignment here: `EGEMAPS_NAMES` row j of every LLD is centred on sample 160 j + 80, the middle of
-the 10 ms hop [160 j, 160 j + 160), exactly as log-mel frame j (spectral flux: 80 samples
-earlier, jitter/shimmer: see above). To get that, openSMILE reads the waveform after
-`_LEFT_PAD` = 560 zero samples: row j of a 20 ms LLD is openSMILE's row j + 3 and row j of a 60 ms
-LLD its row j + 1. So the smoothing of row 0 reads real (zero) frames on both sides, and rows
-near either end see zeros outside the waveform, as log-mel does. With the smoothing, row j
-depends on samples [160 j - 240, 160 j + 400) (20 ms group; spectral flux from 160 j - 400) and
-[160 j - 560, 160 j + 720) (60 ms group), and through two stateful openSMILE components (Viterbi
-pitch smoothing, the jitter/shimmer period tracker; see `egemaps_span`) on audio further away.
+the 10 ms hop [160 j, 160 j + 160) (spectral flux: 80 samples earlier, jitter/shimmer: see
+above). Unlike log-mel frame j, whose window ends with its hop at 160 j + 160 (`features` is
+causal), the rows are not causal: they read samples up to 160 j + 720 and the pitch smoother
+looks further ahead (below), so live prediction cannot compute them as they are. To get that
+alignment, openSMILE reads the waveform after `_LEFT_PAD` = 560 zero samples: row j of a 20 ms
+LLD is openSMILE's row j + 3 and row j of a 60 ms LLD its row j + 1. So the smoothing of row 0
+reads real (zero) frames on both sides, and rows near either end see zeros outside the waveform,
+as log-mel does. With the smoothing, row j depends on samples [160 j - 240, 160 j + 400) (20 ms
+group; spectral flux from 160 j - 400) and [160 j - 560, 160 j + 720) (60 ms group), and through
+two stateful openSMILE components (Viterbi pitch smoothing, the jitter/shimmer period tracker;
+see `egemaps_span`) on audio further away.
 
 Cost: openSMILE runs in one thread, about 2.1 s per minute of voiced audio (126 s per hour) and
 1.2 s per minute of noise (72 s per hour) on a shared AMD EPYC core (load average 1.6 on 2

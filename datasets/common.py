@@ -156,11 +156,15 @@ class WindowedBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
   FRAME_FEATURES, and implement `_list_recordings` and `_load_recording`.
   """
 
-  # 1.1.0 adds `egemaps`. A new version, so that preparing again writes a new folder instead of
-  # finding the 1.0.0 one complete; reading picks the newest version prepared.
-  VERSION = tfds.core.Version('1.1.0')
+  # 1.1.0 adds `egemaps`; 1.2.0 makes `logmel` and `mocap` causal (`ccc_jax.features`), so that
+  # live prediction computes the features a model was trained on. A new version, so that preparing
+  # again writes a new folder instead of finding the old one complete; reading picks the newest
+  # version prepared.
+  VERSION = tfds.core.Version('1.2.0')
   RELEASE_NOTES = {'1.0.0': 'First release.',
-                   '1.1.0': 'eGeMAPSv02 LLDs (`egemaps`) from the audio, for every corpus.'}
+                   '1.1.0': 'eGeMAPSv02 LLDs (`egemaps`) from the audio, for every corpus.',
+                   '1.2.0': 'Causal features: log-mel windows end at their hop\'s end; mocap gaps '
+                            'hold the last sighting, velocity is a backward difference.'}
   TASKS: tuple[str, ...] = ()
   LABELLED_SPLITS: tuple[str, ...] = ('train', 'dev', 'test')
   # Processes computing eGeMAPS while the main process writes windows; None: one per CPU.

@@ -76,6 +76,9 @@ def test_chunked_log_mel_equals_whole_recording_log_mel():
   for begin, end in [(0, 5), (1, 7), (3, 38), (20, 38), (0, 38), (37, 38)]:
     np.testing.assert_allclose(features.log_mel_span(waveform, begin, end),
                                whole[4 * begin: 4 * end], rtol=1e-6, atol=1e-5)
+    # Causal: the waveform received up to the end of label frame `end - 1` is all it needs.
+    np.testing.assert_allclose(features.log_mel_span(waveform[:end * 640], begin, end),
+                               whole[4 * begin: 4 * end], rtol=1e-6, atol=1e-5)
   assert num_frames == 38
 
 
