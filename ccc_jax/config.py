@@ -33,6 +33,10 @@ LOSSES = ('ccc', 'pcc', 'mse')
 # corpus has; `egemaps_functionals` are the AVEC 2016 package's precomputed functionals (RECOLA's
 # `egemaps_functionals` config only).
 MODALITIES = ('audio', 'logmel', 'egemaps', 'egemaps_functionals', 'mocap')
+# What a causal model (`ModelConfig.causal`) may use: features whose rows for a label frame
+# depend on the signal up to the frame's end only. openSMILE's LLD windows reach up to 30 ms past
+# their frame, and the AVEC functionals summarise several seconds around it.
+CAUSAL_MODALITIES = ('audio', 'logmel', 'mocap')
 TEMPORAL_MODELS = ('tcn', 'gru')
 PARALLEL_MODES = ('shard_map', 'pmap')
 
@@ -69,6 +73,10 @@ class ModelConfig:
   gru_layers: int = 1
   # Per-task head: one hidden layer per task on top of the shared trunk.
   head_hidden: int = 32
+  # Every layer sees only the past: left-padded convolutions in the raw-audio branch and a
+  # unidirectional GRU (`temporal` must be 'gru'). A causal run can be streamed live
+  # (`ccc_jax.streaming`); BUILD_NOTES.md "Streaming" gives the price in dev CCC.
+  causal: bool = False
 
   def __post_init__(self):
     _require(self.modalities, 'model.modalities', 'at least one modality')
@@ -84,6 +92,15 @@ class ModelConfig:
     for field in ('audio_channels', 'audio_kernel_sizes', 'audio_strides', 'tcn_dilations'):
       for value in getattr(self, field):
         _positive(value, f'model.{field}')
+    if self.causal:
+      if self.temporal != 'gru':
+        raise ConfigError(f"model.causal needs model.temporal='gru' (a unidirectional GRU); got "
+                          f'{self.temporal!r}')
+      not_causal = [m for m in self.modalities if m not in CAUSAL_MODALITIES]
+      if not_causal:
+        raise ConfigError(f'model.causal: modalities {not_causal} are not causal (their features '
+                          'look past the end of a label frame); a causal model can use '
+                          f'{", ".join(CAUSAL_MODALITIES)}')
 
 
 @dataclasses.dataclass(frozen=True)

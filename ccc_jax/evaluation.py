@@ -26,11 +26,14 @@ import jax
 import numpy as np
 
 from ccc_jax import checkpoints
+from ccc_jax import egemaps
+from ccc_jax import features
 from ccc_jax import files
 from ccc_jax import formats
 from ccc_jax import input_pipeline
 from ccc_jax import metrics
 from ccc_jax import postprocess
+from ccc_jax import streaming
 from ccc_jax import windows
 from ccc_jax.errors import CheckpointError, CorpusError
 
@@ -48,11 +51,20 @@ def ensemble(prediction_seeds: np.ndarray) -> np.ndarray:
 
 def predict_split(graphdef, params, corpus: input_pipeline.Corpus, split: str,
                   modalities: Sequence[str], tasks: Sequence[str] | None,
-                  batch_size: int = 64) -> dict[str, dict[str, np.ndarray]]:
+                  batch_size: int = 64, causal: bool = False) -> dict[str, dict[str, np.ndarray]]:
   """Per recording: `prediction` `[seeds, frames, tasks]` and, for labelled splits, `truth`.
 
   `params` are stacked over seeds and live on one device (this process predicts every window).
+  A causal model (`causal`) is run over each whole recording with its state carried, the
+  definition a stream computes (`ccc_jax.streaming`); its inputs are the split's windows put
+  back together.
   """
+  if causal:
+    runner = streaming.CausalRunner(graphdef, params, modalities)
+    return {name: {**({'truth': truth} if truth is not None else {}),
+                   'prediction': runner.run_whole(inputs)}
+            for name, (inputs, truth) in split_recordings(corpus, split, modalities,
+                                                          tasks, batch_size).items()}
   labelled = tasks is not None and corpus.is_labelled(split)
   frames = corpus.recordings(split)
   num_seeds = jax.tree.leaves(params)[0].shape[0]
@@ -81,6 +93,43 @@ def predict_split(graphdef, params, corpus: input_pipeline.Corpus, split: str,
       entry['truth'] = averages[name]['truth'].result()
     result[name] = entry
   return result
+
+
+def split_recordings(corpus: input_pipeline.Corpus, split: str, modalities: Sequence[str],
+                     tasks: Sequence[str] | None, batch_size: int = 64):
+  """Per recording of a split: `(inputs, truth)`, its whole normalised inputs (`audio`
+  `[frames * 640]`, `logmel` `[frames * 4, 40]`, `mocap` `[frames, D]`, ...) and labels
+  `[frames, tasks]` (None for an unlabelled split), put back together from its windows (where
+  windows overlap they hold the same values)."""
+  labelled = tasks is not None and corpus.is_labelled(split)
+  frames = corpus.recordings(split)
+  keys = list(modalities) + (['labels'] if labelled else [])
+  parts: dict[str, dict[str, windows.OverlapAverage]] = {}
+  for inputs, info in input_pipeline.iterate_split(corpus, split, batch_size, modalities,
+                                                   tasks if labelled else None):
+    for i in np.flatnonzero(info['valid']):
+      name = info['recording'][i]
+      entry = parts.setdefault(name, {})
+      for key in keys:
+        value = inputs[key][i].reshape((corpus.window, -1))  # one row per label frame
+        if key not in entry:
+          entry[key] = windows.OverlapAverage(frames[name], value.shape[1:])
+        entry[key].add(info['start'][i], value)
+  missing = sorted(set(frames) - set(parts))
+  if missing:
+    raise CorpusError(f'{corpus.name} {split}: no windows for recordings {missing}')
+  result = {}
+  for name in sorted(parts):
+    whole = {key: average.result() for key, average in parts[name].items()}
+    inputs = {key: whole[key].reshape(-1) if key == 'audio' else
+              whole[key].reshape(frames[name] * _ROWS_PER_FRAME.get(key, 1), -1)
+              for key in modalities}
+    result[name] = (inputs, whole.get('labels'))
+  return result
+
+
+# Stored feature rows per label frame, where there are several.
+_ROWS_PER_FRAME = {'logmel': features.LOGMEL_PER_FRAME, 'egemaps': egemaps.EGEMAPS_PER_FRAME}
 
 
 def score(truth: dict[str, np.ndarray], prediction: dict[str, np.ndarray],
@@ -166,12 +215,16 @@ def evaluate_split(workdir: str, split: str, checkpoint: str | int = 'best',
           f'--workdir={workdir} --split=dev --checkpoint={checkpoint}')
 
   tasks = model.tasks
+  causal = model.config.model.causal
   predictions = predict_split(model.graphdef, model.params, corpus, split, model.modalities,
-                              tasks, batch_size=model.config.eval_batch)
+                              tasks, batch_size=model.config.eval_batch, causal=causal)
   combined = {name: ensemble(entry['prediction']) for name, entry in predictions.items()}
   if split == tuning:
+    # A causal run is used live: only steps that need no future (scale, bias) are tuned.
+    grids = {'delay_grid_frames': (0,), 'smoothing_windows': ()} if causal else {}
     postprocessing = postprocess.tune(
-        [(predictions[name]['truth'], combined[name]) for name in sorted(predictions)], tasks)
+        [(predictions[name]['truth'], combined[name]) for name in sorted(predictions)], tasks,
+        **grids)
     postprocess.save(workdir, model.step, postprocessing, {
         'checkpoint': str(checkpoint), 'dataset': corpus.name, 'tuned_on': split,
         'prediction': f'ensemble of {model.num_seeds} seed(s)'})

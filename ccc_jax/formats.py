@@ -157,8 +157,21 @@ def write_traces_csv(path: str | os.PathLike, traces: np.ndarray, tasks: Sequenc
     raise ValueError(f'traces must be [frames, {len(tasks)}], got shape {traces.shape}')
   table = np.column_stack([np.arange(traces.shape[0]) / label_rate, traces])
   files.write_with(path, lambda f: np.savetxt(
-      f, table, delimiter=',', header=','.join(['time', *tasks]), comments='',
-      fmt=['%.2f'] + ['%.6f'] * len(tasks)))
+      f, table, delimiter=',', header=traces_csv_header(tasks), comments='',
+      fmt=TRACES_CSV_FORMAT[:1] + TRACES_CSV_FORMAT[1:] * len(tasks)))
+
+
+# `time` (a frame's start in seconds), then one value per task.
+TRACES_CSV_FORMAT = ('%.2f', '%.6f')
+
+
+def traces_csv_header(tasks: Sequence[str]) -> str:
+  return ','.join(['time', *tasks])
+
+
+def traces_csv_row(time: float, values: Sequence[float]) -> str:
+  """One line of a traces CSV (no newline), as `write_traces_csv` writes it."""
+  return ','.join([TRACES_CSV_FORMAT[0] % time] + [TRACES_CSV_FORMAT[1] % v for v in values])
 
 
 def read_traces_csv(path: str | os.PathLike) -> tuple[np.ndarray, dict[str, np.ndarray]]:

@@ -30,6 +30,7 @@ from ccc_jax import input_pipeline
 from ccc_jax import metrics
 from ccc_jax import plots
 from ccc_jax import postprocess
+from ccc_jax import streaming
 from ccc_jax import windows
 from ccc_jax.errors import CheckpointError, DataError
 
@@ -49,9 +50,8 @@ class Predictor:
 
   Memory: besides the 16 kHz waveform (230 MB per hour) and the traces (a few MB per hour),
   only one batch of windows and the log-mel or eGeMAPS of its span exist at a time. Mocap
-  features are computed over the whole recording at once (`features.mocap_features`
-  interpolates gaps across it); they take about ten times the size of the marker positions while
-  computed.
+  features are computed for the whole recording at once (`features.mocap_features`); they are
+  smaller than the marker positions.
   """
 
   def __init__(self, model: checkpoints.RestoredModel,
@@ -167,6 +167,8 @@ class Predictor:
     mocap_features = None
     if self.needs_mocap:
       mocap_features = self._mocap_features(mocap, mocap_rate, num_frames, mocap_source)
+    if self.model.config.model.causal:
+      return self._predict_causal(waveform, mocap_features, num_frames)
     starts = windows.window_starts(num_frames, info.window, info.hop)
     average = windows.OverlapAverage(num_frames, (self.model.num_seeds, len(self.tasks)))
     for begin in range(0, len(starts), self.batch_size):
@@ -177,6 +179,20 @@ class Predictor:
       for index, start in enumerate(batch_starts):
         average.add(start, np.moveaxis(predicted[:, index], 0, 1))
     return np.moveaxis(average.result(), 1, 0)
+
+  def _predict_causal(self, waveform, mocap_features, num_frames: int) -> np.ndarray:
+    """A causal run's definition (`ccc_jax.streaming`): the model over the whole recording
+    with its state carried, which a stream of the same recording gives in any chunking."""
+    padded = np.zeros((num_frames * features.SAMPLES_PER_FRAME,), np.float32)
+    padded[:waveform.shape[0]] = waveform
+    inputs = {'audio': padded}
+    if 'logmel' in self.modalities:
+      inputs['logmel'] = features.log_mel(waveform, num_frames)
+    if mocap_features is not None:
+      inputs['mocap'] = mocap_features
+    runner = streaming.CausalRunner(self.model.graphdef, self.model.params, self.modalities)
+    return runner.run_whole(input_pipeline.normalise(inputs, self.model.info.stats,
+                                                     self.modalities))
 
   def _mocap_required(self) -> str:
     return (f'this model uses mocap (it was trained on {", ".join(self.modalities)}): pass the '

@@ -3,7 +3,9 @@
 Owns `AVDNet` (its hyper-parameters are `ccc_jax.config.ModelConfig`). One network covers every
 experiment: which modality branches exist is `config.modalities` (unimodal and multimodal models
 differ only there), the temporal model is `config.temporal` ('tcn' or 'gru'), and single-task
-learning is the same network with `num_tasks=1`.
+learning is the same network with `num_tasks=1`. `config.causal` makes every layer see only the
+past (left-padded audio convolutions, a forward-only GRU); such a model also runs as a stream,
+block by block with its state carried (`AVDNet.stream`).
 
 Inputs follow the data contract in BUILD_NOTES.md, per window of T label frames (25 Hz):
 `audio` [B, T*640], `logmel` [B, T*4, 40], `egemaps` [B, T*4, 25], `egemaps_functionals`
@@ -13,7 +15,8 @@ concatenation. Output: [B, T, num_tasks].
 
 Built for functional use (`nnx.split(model, nnx.Param)` / `nnx.merge`) inside jit, shard_map and
 vmap: every piece of state is an `nnx.Param` and nothing is written during a forward pass (no
-dropout, no BatchNorm, no RNG streams; the GRU carry starts at zeros).
+dropout, no BatchNorm, no RNG streams; the GRU carry starts at zeros, except in `stream`, where
+it is an explicit input and output).
 """
 
 from __future__ import annotations
@@ -52,9 +55,19 @@ class AudioBranch(nnx.Module):
           f'{samples_per_frame} audio samples per label frame; they must match so that the '
           'audio branch yields exactly one embedding per label frame')
     self.samples_per_frame = samples_per_frame
+    self.causal = config.causal
+    # Samples of the past the last embedding of a frame sees besides the frame's own: the
+    # receptive field of the stack (VALID convolutions) minus one frame.
+    receptive_field = kernel_sizes[0] + sum(
+        (k - 1) * math.prod(strides[:i]) for i, k in enumerate(kernel_sizes) if i > 0)
+    self.context = receptive_field - samples_per_frame
     in_channels = (1,) + channels[:-1]
+    # Causal: VALID convolutions over the input padded on the left by `context` zeros, so frame
+    # t's embedding sees samples [640 (t + 1) - receptive_field, 640 (t + 1)): its own and the
+    # past, and a stream can continue from the last `context` samples (`frames`).
     self.convs = nnx.List([
-        nnx.Conv(c_in, c_out, kernel_size=k, strides=s, padding='SAME', rngs=rngs)
+        nnx.Conv(c_in, c_out, kernel_size=k, strides=s,
+                 padding='VALID' if self.causal else 'SAME', rngs=rngs)
         for c_in, c_out, k, s in zip(in_channels, channels, kernel_sizes, strides)])
     self.norm = nnx.LayerNorm(channels[-1], rngs=rngs)
     self.width = channels[-1]
@@ -64,6 +77,18 @@ class AudioBranch(nnx.Module):
     if audio.ndim != 2 or audio.shape[1] % self.samples_per_frame:
       raise ValueError(
           f'audio must be [B, T*{self.samples_per_frame}], got shape {audio.shape}')
+    if self.causal:
+      return self.frames(jnp.pad(audio, ((0, 0), (self.context, 0))))
+    return self._stack(audio)
+
+  def frames(self, audio: jax.Array) -> jax.Array:
+    """Causal only: [B, context + n * samples_per_frame] (the `context` samples before the
+    n frames, zeros before a stream's start) -> [B, n, width]."""
+    if not self.causal:
+      raise ValueError('frames() is the causal branch\'s streaming form')
+    return self._stack(audio)
+
+  def _stack(self, audio: jax.Array) -> jax.Array:
     x = audio[..., None]
     for conv in self.convs:
       x = jax.nn.gelu(conv(x))
@@ -187,6 +212,66 @@ class BidirectionalGRU(nnx.Module):
     return x
 
 
+class CausalGRULayer(nnx.Module):
+  """One forward-only GRU layer with a residual projection back to the input width; the carry
+  goes in and out, so a stream continues where the last call ended."""
+
+  def __init__(self, width: int, hidden: int, *, rngs: nnx.Rngs):
+    self.hidden = hidden
+    # Gates in the order (reset, update, candidate), as in `nnx.GRUCell`.
+    self.input_proj = nnx.Linear(width, 3 * hidden, rngs=rngs)
+    self.recurrent_kernel = nnx.Param(
+        jax.nn.initializers.orthogonal()(rngs.params(), (hidden, 3 * hidden)))
+    self.recurrent_bias = nnx.Param(jnp.zeros((3 * hidden,)))
+    self.out = nnx.Linear(hidden, width, rngs=rngs)
+    self.norm = nnx.LayerNorm(width, rngs=rngs)
+
+  def __call__(self, x: jax.Array, h0: jax.Array, valid: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """`x` [B, T, width], `h0` [B, H], `valid` [T] (frames past it leave the carry unchanged,
+    so a block padded to a fixed length continues exactly) -> ([B, T, width], carry [B, H])."""
+    gates_x = jnp.moveaxis(self.input_proj(x), 1, 0)  # [T, B, 3H]
+    recurrent_kernel = self.recurrent_kernel[...]
+    recurrent_bias = self.recurrent_bias[...]
+
+    def step(h, inputs):
+      gate_x, keep = inputs
+      gate_h = h @ recurrent_kernel + recurrent_bias
+      x_reset, x_update, x_candidate = jnp.split(gate_x, 3, axis=-1)
+      h_reset, h_update, h_candidate = jnp.split(gate_h, 3, axis=-1)
+      reset = jax.nn.sigmoid(x_reset + h_reset)
+      update = jax.nn.sigmoid(x_update + h_update)
+      candidate = jnp.tanh(x_candidate + reset * h_candidate)
+      new = (1.0 - update) * candidate + update * h
+      return jnp.where(keep, new, h), new
+
+    carry, states = jax.lax.scan(step, h0, (gates_x, valid))
+    return self.norm(x + self.out(jnp.moveaxis(states, 0, 1))), carry
+
+
+class CausalGRU(nnx.Module):
+  """Stack of forward-only GRU layers; the carry is [layers, B, H]."""
+
+  def __init__(self, width: int, hidden: int, num_layers: int, *, rngs: nnx.Rngs):
+    self.hidden = hidden
+    self.layers = nnx.List([CausalGRULayer(width, hidden, rngs=rngs) for _ in range(num_layers)])
+
+  def initial_carry(self, x: jax.Array) -> jax.Array:
+    # zeros_like of the input (not jnp.zeros), typed as the data inside shard_map.
+    zeros = jnp.zeros_like(x[:, 0, :1]) * jnp.zeros((1, self.hidden), x.dtype)
+    return jnp.stack([zeros] * len(self.layers))
+
+  def stream(self, x: jax.Array, carry: jax.Array, valid: jax.Array):
+    new_carry = []
+    for layer, h0 in zip(self.layers, carry):
+      x, h = layer(x, h0, valid)
+      new_carry.append(h)
+    return x, jnp.stack(new_carry)
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    valid = jnp.ones((x.shape[1],), bool)
+    return self.stream(x, self.initial_carry(x), valid)[0]
+
+
 class MultiTaskHeads(nnx.Module):
   """One hidden layer and one linear output per task, all tasks in one fused einsum pass."""
 
@@ -256,7 +341,10 @@ class AVDNet(nnx.Module):
     width = config.trunk_width
     self.fusion = nnx.Linear(fused_width, width, rngs=rngs)
     self.fusion_norm = nnx.LayerNorm(width, rngs=rngs)
-    if config.temporal == 'tcn':
+    self.causal = config.causal
+    if config.causal:
+      self.temporal = CausalGRU(width, config.gru_hidden, config.gru_layers, rngs=rngs)
+    elif config.temporal == 'tcn':
       self.temporal = TemporalConvNet(
           width, config.tcn_kernel_size, tuple(config.tcn_dilations), rngs=rngs)
     else:
@@ -273,15 +361,44 @@ class AVDNet(nnx.Module):
     Raises:
       ValueError: a modality the model uses is missing, or the modalities disagree on B or T.
     """
+    return self.heads(self.temporal(self._fused(inputs, {})))
+
+  def stream(self, inputs: Mapping[str, jax.Array], carry: jax.Array,
+             valid: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Causal only: the next n frames of a stream, `([B, n, num_tasks], carry)`.
+
+    `inputs` are shaped as for `__call__` except `audio`, which is `[B, context + n * 640]`:
+    the `audio_context` samples before the n frames come first (zeros before the stream's
+    start). `carry` is the temporal model's, `initial_carry` at the start; frames where `valid`
+    is false are padding and leave it unchanged. A recording streamed block by block gives the
+    frames of `__call__` on the whole recording.
+    """
+    if not self.causal:
+      raise ValueError('stream() needs a causal model (model.causal=True)')
+    x = self._fused(inputs, {'audio': self.branches['audio'].frames} if 'audio' in self.branches
+                    else {})
+    x, carry = self.temporal.stream(x, carry, valid)
+    return self.heads(x), carry
+
+  @property
+  def audio_context(self) -> int:
+    """Samples before a block that `stream` needs (0 without the raw-audio branch)."""
+    return self.branches['audio'].context if 'audio' in self.branches else 0
+
+  def initial_carry(self, batch: int) -> jax.Array:
+    """The causal temporal model's carry at a stream's start, [layers, batch, hidden]."""
+    return self.temporal.initial_carry(jnp.zeros((batch, 1, 1)))
+
+  def _fused(self, inputs: Mapping[str, jax.Array], branch_calls) -> jax.Array:
+    """Per-frame fused representation [B, T, trunk_width] (branch_calls: modality -> the
+    function to use instead of the branch's own call)."""
     missing = [m for m in self.modalities if m not in inputs]
     if missing:
       raise ValueError(
           f'inputs lack modalities {missing} that the model uses; got keys {sorted(inputs)}')
-    embeddings = {m: self.branches[m](inputs[m]) for m in self.modalities}
+    embeddings = {m: branch_calls.get(m, self.branches[m])(inputs[m]) for m in self.modalities}
     shapes = {m: e.shape[:2] for m, e in embeddings.items()}
     if len(set(shapes.values())) != 1:
       raise ValueError(f'modalities disagree on (batch, label frames): {shapes}')
     x = jnp.concatenate([embeddings[m] for m in self.modalities], axis=-1)
-    x = jax.nn.gelu(self.fusion_norm(self.fusion(x)))
-    x = self.temporal(x)
-    return self.heads(x)
+    return jax.nn.gelu(self.fusion_norm(self.fusion(x)))

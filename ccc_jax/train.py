@@ -359,7 +359,8 @@ def evaluate_dev(config: RunConfig, graphdef, params, corpus, tasks) -> dict[str
   """The dev table of `evaluation.score_split`: the seeds' ensemble at the top level (what the
   best checkpoint is chosen by), each seed under `seeds`, their mean under `seed_mean`."""
   predictions = evaluation.predict_split(graphdef, params, corpus, 'dev', config.model.modalities,
-                                         tasks, batch_size=config.eval_batch)
+                                         tasks, batch_size=config.eval_batch,
+                                         causal=config.model.causal)
   return evaluation.score_split(predictions, tasks)
 
 

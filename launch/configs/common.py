@@ -88,6 +88,9 @@ VARIANTS: dict[str, Variant] = {
                      'eGeMAPS branch only'),
     'tcn': (_setter('tcn', **{'model.temporal': 'tcn'}),
             'dilated temporal convolutions instead of the bidirectional GRU'),
+    'causal': (_setter('causal', **{'model.causal': True, 'model.temporal': 'gru'}),
+               'causal model (sees only the past; unidirectional GRU): can be streamed live '
+               'with launch.stream'),
     'pmap': (_setter('pmap', parallel='pmap'), 'literal jax.pmap train step'),
     'seeds': (_seeds, 'seeds=N trains seeds 0..N-1 together'),
 }
