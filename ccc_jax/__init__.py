@@ -8,12 +8,16 @@ Modules, each with one job (imports point downward through this list):
   `windows`;
 - `models`, `sharding` (device layout), `input_pipeline` (prepared corpora, grain);
 - `checkpoints` (the checkpoint layout, restore), `postprocess` (tuning and its file),
-  `evaluation` (scoring a split), `train`, `inference` (the `Predictor`), `experiments`.
+  `streaming` (causal runs, live: `StreamingPredictor`), `evaluation` (scoring a split), `train`,
+  `inference` (the `Predictor`), `experiments`.
 
 For using a trained model:
 
     predictor = ccc_jax.Predictor.load('runs/synthetic')
     traces = predictor.predict(audio, sample_rate=16000)     # [frames, tasks] at 25 Hz
+
+    stream = ccc_jax.StreamingPredictor.load('runs/causal')  # a run with the causal variant
+    frames = stream.push(chunk)                              # the frames that became final
 """
 
 import importlib
@@ -21,6 +25,7 @@ import importlib
 # Loaded on first use, so `from ccc_jax import losses` does not import Orbax, grain and TFDS.
 _LAZY = {
     'Predictor': 'ccc_jax.inference',
+    'StreamingPredictor': 'ccc_jax.streaming',
     'restore_model': 'ccc_jax.checkpoints',
     'evaluate_split': 'ccc_jax.evaluation',
     'train_and_evaluate': 'ccc_jax.train',
@@ -29,8 +34,8 @@ _LAZY = {
 
 _MODULES = ('audio_io', 'checkpoints', 'config', 'egemaps', 'errors', 'evaluation',
             'experiments', 'features', 'files', 'formats', 'inference', 'input_pipeline',
-            'losses', 'metrics', 'models', 'plots', 'postprocess', 'report', 'sharding', 'train',
-            'windows')
+            'losses', 'metrics', 'models', 'plots', 'postprocess', 'report', 'sharding', 'streaming',
+            'train', 'windows')
 
 
 def __getattr__(name):

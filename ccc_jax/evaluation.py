@@ -55,12 +55,12 @@ def predict_split(graphdef, params, corpus: input_pipeline.Corpus, split: str,
   """Per recording: `prediction` `[seeds, frames, tasks]` and, for labelled splits, `truth`.
 
   `params` are stacked over seeds and live on one device (this process predicts every window).
-  A causal model (`causal`) is run over each whole recording with its state carried, the
-  definition a stream computes (`ccc_jax.streaming`); its inputs are the split's windows put
-  back together.
+  A causal model (`causal`) is run as a stream over each whole recording (`ccc_jax.streaming`:
+  each frame the last output of the training window ending there); its inputs are the split's
+  windows put back together.
   """
   if causal:
-    runner = streaming.CausalRunner(graphdef, params, modalities)
+    runner = streaming.CausalRunner(graphdef, params, modalities, corpus.window)
     return {name: {**({'truth': truth} if truth is not None else {}),
                    'prediction': runner.run_whole(inputs)}
             for name, (inputs, truth) in split_recordings(corpus, split, modalities,

@@ -181,8 +181,8 @@ class Predictor:
     return np.moveaxis(average.result(), 1, 0)
 
   def _predict_causal(self, waveform, mocap_features, num_frames: int) -> np.ndarray:
-    """A causal run's definition (`ccc_jax.streaming`): the model over the whole recording
-    with its state carried, which a stream of the same recording gives in any chunking."""
+    """A causal run's definition (`ccc_jax.streaming`), which a stream of the same recording
+    gives in any chunking."""
     padded = np.zeros((num_frames * features.SAMPLES_PER_FRAME,), np.float32)
     padded[:waveform.shape[0]] = waveform
     inputs = {'audio': padded}
@@ -190,7 +190,8 @@ class Predictor:
       inputs['logmel'] = features.log_mel(waveform, num_frames)
     if mocap_features is not None:
       inputs['mocap'] = mocap_features
-    runner = streaming.CausalRunner(self.model.graphdef, self.model.params, self.modalities)
+    runner = streaming.CausalRunner(self.model.graphdef, self.model.params, self.modalities,
+                                    self.model.info.window)
     return runner.run_whole(input_pipeline.normalise(inputs, self.model.info.stats,
                                                      self.modalities))
 

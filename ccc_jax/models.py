@@ -5,7 +5,8 @@ experiment: which modality branches exist is `config.modalities` (unimodal and m
 differ only there), the temporal model is `config.temporal` ('tcn' or 'gru'), and single-task
 learning is the same network with `num_tasks=1`. `config.causal` makes every layer see only the
 past (left-padded audio convolutions, a forward-only GRU); such a model also runs as a stream,
-block by block with its state carried (`AVDNet.stream`).
+block by block (`AVDNet.stream`): each frame is its last output over the training window ending
+there.
 
 Inputs follow the data contract in BUILD_NOTES.md, per window of T label frames (25 Hz):
 `audio` [B, T*640], `logmel` [B, T*4, 40], `egemaps` [B, T*4, 25], `egemaps_functionals`
@@ -15,8 +16,8 @@ concatenation. Output: [B, T, num_tasks].
 
 Built for functional use (`nnx.split(model, nnx.Param)` / `nnx.merge`) inside jit, shard_map and
 vmap: every piece of state is an `nnx.Param` and nothing is written during a forward pass (no
-dropout, no BatchNorm, no RNG streams; the GRU carry starts at zeros, except in `stream`, where
-it is an explicit input and output).
+dropout, no BatchNorm, no RNG streams; the GRU carry starts at zeros; `stream` takes and returns
+its history explicitly).
 """
 
 from __future__ import annotations
@@ -213,8 +214,7 @@ class BidirectionalGRU(nnx.Module):
 
 
 class CausalGRULayer(nnx.Module):
-  """One forward-only GRU layer with a residual projection back to the input width; the carry
-  goes in and out, so a stream continues where the last call ended."""
+  """One forward-only GRU layer with a residual projection back to the input width."""
 
   def __init__(self, width: int, hidden: int, *, rngs: nnx.Rngs):
     self.hidden = hidden
@@ -226,10 +226,13 @@ class CausalGRULayer(nnx.Module):
     self.out = nnx.Linear(hidden, width, rngs=rngs)
     self.norm = nnx.LayerNorm(width, rngs=rngs)
 
-  def __call__(self, x: jax.Array, h0: jax.Array, valid: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """`x` [B, T, width], `h0` [B, H], `valid` [T] (frames past it leave the carry unchanged,
-    so a block padded to a fixed length continues exactly) -> ([B, T, width], carry [B, H])."""
+  def __call__(self, x: jax.Array, valid: jax.Array | None = None) -> jax.Array:
+    """`x` [B, T, width] -> [B, T, width], the carry starting at zeros. `valid` [B, T]: a step
+    where it is false leaves the carry unchanged (a window that starts before a stream's first
+    frame skips the frames before it)."""
     gates_x = jnp.moveaxis(self.input_proj(x), 1, 0)  # [T, B, 3H]
+    if valid is None:
+      valid = jnp.ones(x.shape[:2], bool)
     recurrent_kernel = self.recurrent_kernel[...]
     recurrent_bias = self.recurrent_bias[...]
 
@@ -241,35 +244,25 @@ class CausalGRULayer(nnx.Module):
       reset = jax.nn.sigmoid(x_reset + h_reset)
       update = jax.nn.sigmoid(x_update + h_update)
       candidate = jnp.tanh(x_candidate + reset * h_candidate)
-      new = (1.0 - update) * candidate + update * h
-      return jnp.where(keep, new, h), new
+      h = jnp.where(keep[:, None], (1.0 - update) * candidate + update * h, h)
+      return h, h
 
-    carry, states = jax.lax.scan(step, h0, (gates_x, valid))
-    return self.norm(x + self.out(jnp.moveaxis(states, 0, 1))), carry
+    # zeros_like (not jnp.zeros): typed as the data inside shard_map, as scan requires.
+    h0 = jnp.zeros_like(gates_x[0, :, :self.hidden])
+    _, states = jax.lax.scan(step, h0, (gates_x, jnp.moveaxis(valid, 1, 0)))
+    return self.norm(x + self.out(jnp.moveaxis(states, 0, 1)))
 
 
 class CausalGRU(nnx.Module):
-  """Stack of forward-only GRU layers; the carry is [layers, B, H]."""
+  """Stack of forward-only GRU layers."""
 
   def __init__(self, width: int, hidden: int, num_layers: int, *, rngs: nnx.Rngs):
-    self.hidden = hidden
     self.layers = nnx.List([CausalGRULayer(width, hidden, rngs=rngs) for _ in range(num_layers)])
 
-  def initial_carry(self, x: jax.Array) -> jax.Array:
-    # zeros_like of the input (not jnp.zeros), typed as the data inside shard_map.
-    zeros = jnp.zeros_like(x[:, 0, :1]) * jnp.zeros((1, self.hidden), x.dtype)
-    return jnp.stack([zeros] * len(self.layers))
-
-  def stream(self, x: jax.Array, carry: jax.Array, valid: jax.Array):
-    new_carry = []
-    for layer, h0 in zip(self.layers, carry):
-      x, h = layer(x, h0, valid)
-      new_carry.append(h)
-    return x, jnp.stack(new_carry)
-
-  def __call__(self, x: jax.Array) -> jax.Array:
-    valid = jnp.ones((x.shape[1],), bool)
-    return self.stream(x, self.initial_carry(x), valid)[0]
+  def __call__(self, x: jax.Array, valid: jax.Array | None = None) -> jax.Array:
+    for layer in self.layers:
+      x = layer(x, valid)
+    return x
 
 
 class MultiTaskHeads(nnx.Module):
@@ -363,31 +356,49 @@ class AVDNet(nnx.Module):
     """
     return self.heads(self.temporal(self._fused(inputs, {})))
 
-  def stream(self, inputs: Mapping[str, jax.Array], carry: jax.Array,
-             valid: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """Causal only: the next n frames of a stream, `([B, n, num_tasks], carry)`.
+  def stream(self, inputs: Mapping[str, jax.Array], history: jax.Array, known: jax.Array,
+             num_valid: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """Causal only: the next n frames of a stream, each the model's last output over the window
+    of W frames ending there, as in training (the GRU starts at zeros at the window's start).
 
-    `inputs` are shaped as for `__call__` except `audio`, which is `[B, context + n * 640]`:
-    the `audio_context` samples before the n frames come first (zeros before the stream's
-    start). `carry` is the temporal model's, `initial_carry` at the start; frames where `valid`
-    is false are padding and leave it unchanged. A recording streamed block by block gives the
-    frames of `__call__` on the whole recording.
+    Args:
+      inputs: the n frames, shaped as for `__call__` except `audio`, `[B, audio_context +
+        n * 640]`: the `audio_context` samples before the frames come first (zeros before the
+        stream's start). The branches see their real past, not a window's zero padding.
+      history: `[B, W - 1, trunk_width]`, the fused per-frame representations of the W - 1
+        frames before these (oldest first); W = `history.shape[1] + 1`, the training window.
+      known: how many of the last history rows are real frames; the others precede the
+        stream's start and are skipped (a frame t < W - 1 sees frames 0..t only, like frame t
+        of a training window starting at the recording's start).
+      num_valid: how many of the n frames are real; the rest pad a block to a fixed size.
+
+    Returns:
+      `([B, n, num_tasks], history, known)` to continue from. A recording streamed block by
+      block gives the same frames whatever the blocks.
     """
     if not self.causal:
       raise ValueError('stream() needs a causal model (model.causal=True)')
-    x = self._fused(inputs, {'audio': self.branches['audio'].frames} if 'audio' in self.branches
-                    else {})
-    x, carry = self.temporal.stream(x, carry, valid)
-    return self.heads(x), carry
+    fused = self._fused(inputs, {'audio': self.branches['audio'].frames}
+                        if 'audio' in self.branches else {})
+    batch, n, width = fused.shape
+    window = history.shape[1] + 1
+    sequence = jnp.concatenate([history, fused], axis=1)  # [B, W - 1 + n, width]
+    positions = jnp.arange(n)[:, None] + jnp.arange(window)[None, :]  # [n, W]
+    windowed = sequence[:, positions].reshape(batch * n, window, width)
+    valid = jnp.broadcast_to(positions >= window - 1 - known, (batch, n, window))
+    last = self.temporal(windowed, valid.reshape(batch * n, window))[:, -1]
+    outputs = self.heads(last.reshape(batch, n, width))
+    history = jax.lax.dynamic_slice_in_dim(sequence, num_valid, window - 1, axis=1)
+    return outputs, history, jnp.minimum(known + num_valid, window - 1)
 
   @property
   def audio_context(self) -> int:
     """Samples before a block that `stream` needs (0 without the raw-audio branch)."""
     return self.branches['audio'].context if 'audio' in self.branches else 0
 
-  def initial_carry(self, batch: int) -> jax.Array:
-    """The causal temporal model's carry at a stream's start, [layers, batch, hidden]."""
-    return self.temporal.initial_carry(jnp.zeros((batch, 1, 1)))
+  @property
+  def trunk_width(self) -> int:
+    return self.fusion.out_features
 
   def _fused(self, inputs: Mapping[str, jax.Array], branch_calls) -> jax.Array:
     """Per-frame fused representation [B, T, trunk_width] (branch_calls: modality -> the

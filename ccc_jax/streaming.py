@@ -2,18 +2,21 @@
 
 Owns `CausalRunner` (a causal model's `AVDNet.stream` over normalised inputs, block by block,
 with its state carried) and `StreamingPredictor` (raw chunks of any size in, the AVD frames that
-became final out). The one definition of a causal run's prediction of a recording is the model
-run over the whole recording with its state carried from the recording's start: the offline
-paths (`inference.Predictor`, `launch.predict`, `evaluation.predict_split`) compute exactly that,
+became final out). The one definition of a causal run's prediction of a recording: frame t is
+the model's last output over the training window (W frames, 4 s by default) ending at t, the
+GRU starting at zeros at the window's start as in training, the branches seeing their real past
+(the convolutions' and the log-mel windows' context). Measured on dev it beats carrying the GRU
+state over the whole recording (BUILD_NOTES.md "Live prediction"). The offline paths
+(`inference.Predictor`, `launch.predict`, `evaluation.predict_split`) compute exactly this,
 through `CausalRunner`, so a stream and an offline prediction of the same recording agree to
-float32 rounding whatever the chunking. (BUILD_NOTES.md "Streaming" measures this definition
-against a sliding causal window of the training length on dev.)
+float32 rounding whatever the chunking.
 
 The state between calls is explicit and small (`StreamingPredictor.state_bytes`): soxr's
 resampler state when the input is not 16 kHz, the raw samples of the frame in progress and of
 the one before (the log-mel windows reach 240 samples back), the normalised raw-audio context of
-the convolutions (850 samples for the default branch), the GRU carry per seed and layer, and the
-mocap feature stream's per-marker state (`features.MocapFeatureStream`).
+the convolutions (850 samples for the default branch), the fused per-frame representations of
+the last W - 1 frames per seed, and the mocap feature stream's per-marker state
+(`features.MocapFeatureStream`).
 
 A frame is final once the audio up to its end has arrived and, for a model with mocap, the mocap
 frame at or after its end (mocap features interpolate to the frame's end). Post-processing that
@@ -40,16 +43,17 @@ from ccc_jax import postprocess
 from ccc_jax.errors import CheckpointError, DataError
 
 # Frames per model call: the smallest that holds what is ready, so a live stream (one frame per
-# 40 ms) computes one frame while a file is run 256 frames at a time; five compiled programs.
-BLOCK_SIZES = (1, 4, 16, 64, 256)
+# 40 ms) computes one frame while a file is run 64 frames at a time; three compiled programs.
+BLOCK_SIZES = (1, 8, 64)
 
 
 @functools.partial(jax.jit, static_argnums=0)
-def _stream_block(graphdef, params, carry, inputs, valid):
-  """`([seeds, 1, n, tasks], carry)` of one block, every seed (stacked parameters) at once."""
-  def one_seed(seed_params, seed_carry):
-    return nnx.merge(graphdef, seed_params).stream(inputs, seed_carry, valid)
-  return jax.vmap(one_seed)(params, carry)
+def _stream_block(graphdef, params, history, known, inputs, num_valid):
+  """`([seeds, 1, n, tasks], history, known)` of one block, every seed (stacked) at once."""
+  def one_seed(seed_params, seed_history):
+    return nnx.merge(graphdef, seed_params).stream(inputs, seed_history, known, num_valid)
+  predicted, history, known = jax.vmap(one_seed)(params, history)
+  return predicted, history, known[0]
 
 
 class MocapRateMissing(ValueError):
@@ -67,28 +71,45 @@ def require_causal(model: checkpoints.RestoredModel) -> None:
 class CausalRunner:
   """A causal model run over normalised inputs, block by block, with its state carried.
 
-  `state` is `(audio_context [C] float32, carry [seeds, layers, 1, hidden])`; `run(state,
+  `state` is `(audio_context [C], history [seeds, 1, W - 1, trunk_width], known)`: the
+  normalised raw-audio samples the convolutions still need, the fused representations of the
+  last W - 1 frames (W: the training window) and how many of those are real. `run(state,
   inputs)` takes the next n frames (`audio` `[n * 640]`, `logmel` `[4 n, 40]`, `mocap`
   `[n, D]`, normalised, as the model's modalities need) and returns `(state, [seeds, n, tasks])`.
   """
 
-  def __init__(self, graphdef, params, modalities, samples_per_frame: int = features.SAMPLES_PER_FRAME):
+  def __init__(self, graphdef, params, modalities, window: int):
     self.graphdef, self.params = graphdef, params
     self.modalities = tuple(modalities)
-    self.samples_per_frame = samples_per_frame
+    self.window = int(window)
     self.num_seeds = jax.tree.leaves(params)[0].shape[0]
     model = nnx.merge(graphdef, jax.tree.map(lambda x: x[0], params))
     if not getattr(model, 'causal', False):
       raise ValueError('CausalRunner needs a causal model')
     self.audio_context = model.audio_context
-    self._carry_shape = model.initial_carry(1).shape
+    self._history_shape = (self.num_seeds, 1, self.window - 1, model.trunk_width)
+    self._dims = {name: getattr(model.branches[name], 'feature_dim', None)
+                  for name in self.modalities}
 
   def initial_state(self):
+    # On the parameters' device from the start: the program's outputs are, and an argument
+    # placed differently from one call to the next would compile the program again.
+    device = jax.tree.leaves(self.params)[0].sharding
     return (np.zeros((self.audio_context,), np.float32),
-            np.zeros((self.num_seeds,) + self._carry_shape, np.float32))
+            jax.device_put(np.zeros(self._history_shape, np.float32), device),
+            jax.device_put(np.int32(0), device))
+
+  def compile(self) -> None:
+    """Compiles the program of every block size now, so that no live frame waits for it."""
+    state = self.initial_state()
+    for size in BLOCK_SIZES:
+      inputs = {name: np.zeros((size * self._rows_per_frame(name),)
+                               + (() if name == 'audio' else (self._dims[name],)), np.float32)
+                for name in self.modalities}
+      self.run(state, inputs)
 
   def run(self, state, inputs: Mapping[str, np.ndarray]):
-    audio_context, carry = state
+    audio_context, history, known = state
     num_frames = self._num_frames(inputs)
     outputs = []
     done = 0
@@ -104,20 +125,20 @@ class CausalRunner:
           audio_context = rows[rows.shape[0] - self.audio_context:]
         pad = [(0, (block - n) * per_frame)] + [(0, 0)] * (rows.ndim - 1)
         batch[name] = np.pad(rows, pad)[None]
-      predicted, carry = _stream_block(self.graphdef, self.params, carry, batch,
-                                       np.arange(block) < n)
+      predicted, history, known = _stream_block(self.graphdef, self.params, history, known,
+                                                batch, np.int32(n))
       outputs.append(np.asarray(predicted)[:, 0, :n])
       done += n
     if not outputs:
-      return (audio_context, carry), np.zeros((self.num_seeds, 0, 0), np.float32)
-    return (audio_context, carry), np.concatenate(outputs, axis=1)
+      return (audio_context, history, known), np.zeros((self.num_seeds, 0, 0), np.float32)
+    return (audio_context, history, known), np.concatenate(outputs, axis=1)
 
   def run_whole(self, inputs: Mapping[str, np.ndarray]) -> np.ndarray:
     """`[seeds, frames, tasks]` of one recording from its start."""
     return self.run(self.initial_state(), inputs)[1]
 
   def _rows_per_frame(self, name: str) -> int:
-    return {'audio': self.samples_per_frame, 'logmel': features.LOGMEL_PER_FRAME}.get(name, 1)
+    return {'audio': features.SAMPLES_PER_FRAME, 'logmel': features.LOGMEL_PER_FRAME}.get(name, 1)
 
   def _num_frames(self, inputs) -> int:
     counts = {name: inputs[name].shape[0] // self._rows_per_frame(name) for name in self.modalities}
@@ -176,7 +197,11 @@ class StreamingPredictor:
                              f'{", ".join(model.modalities)}): the stream needs the mocap and its '
                              f'rate, got mocap_rate={mocap_rate}')
     self.mocap_rate = None if mocap_rate is None else float(mocap_rate)
-    self._runner = CausalRunner(model.graphdef, model.params, model.modalities)
+    self._runner = CausalRunner(model.graphdef, model.params, model.modalities, model.info.window)
+    # Before the stream starts, so that no frame waits: compile the programs, make the filters.
+    self._runner.compile()
+    if 'logmel' in model.modalities:
+      features.log_mel(np.zeros((features.SAMPLES_PER_FRAME,), np.float32))
     self._state = self._runner.initial_state()
     self._resampler = (None if self.sample_rate == audio_io.SAMPLE_RATE else
                        soxr.ResampleStream(self.sample_rate, audio_io.SAMPLE_RATE, 1,
@@ -217,7 +242,7 @@ class StreamingPredictor:
   @property
   def state_bytes(self) -> int:
     """Bytes of the state carried between calls (arrays; soxr's own state not counted)."""
-    arrays = [self._state[0], self._state[1], self._previous, self._pending, self._mocap_ready]
+    arrays = [*self._state, self._previous, self._pending, self._mocap_ready]
     mocap = 0 if self._mocap is None else sum(
         value.nbytes for value in vars(self._mocap).values() if isinstance(value, np.ndarray))
     return int(sum(np.asarray(a).nbytes for a in arrays) + mocap)
