@@ -101,9 +101,10 @@ def test_several_seeds_are_scored_as_an_ensemble_and_per_seed(workdir, monkeypat
                              rtol=1e-6, atol=1e-7)
 
 
-def _leading_predictions(graphdef, params, corpus, split, modalities, tasks, batch_size=64):
+def _leading_predictions(graphdef, params, corpus, split, modalities, tasks, batch_size=64,
+                         causal=False):
   """Stands in for `evaluation.predict_split`: predictions that lead the gold by LEAD_FRAMES."""
-  del graphdef, params, modalities, batch_size
+  del graphdef, params, modalities, batch_size, causal
   result = {}
   for index, (name, frames) in enumerate(sorted(corpus.recordings(split).items())):
     rng = np.random.default_rng([len(split), index])
