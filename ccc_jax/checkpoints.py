@@ -119,12 +119,12 @@ class Checkpoints:
         params=ocp.args.StandardSave(params),
         run=ocp.args.JsonSave({**run_info, 'dev_ccc': score})))
 
-  def best_score(self) -> float:
+  def best_run_info(self) -> dict | None:
+    """The best checkpoint's run record (`dev_ccc`, `step`, `dev`, ...), None before one."""
     step = self.best.latest_step()
     if step is None:
-      return -float('inf')
-    return float(self.best.restore(step, args=ocp.args.Composite(
-        run=ocp.args.JsonRestore()))['run']['dev_ccc'])
+      return None
+    return self.best.restore(step, args=ocp.args.Composite(run=ocp.args.JsonRestore()))['run']
 
   def restore_run_info(self, step: int) -> dict:
     return self.latest.restore(step, args=ocp.args.Composite(run=ocp.args.JsonRestore()))['run']

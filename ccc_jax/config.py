@@ -141,6 +141,9 @@ class RunConfig:
   optimizer: OptimizerConfig = dataclasses.field(default_factory=OptimizerConfig)
   log_every: int = 50
   eval_every: int = 200
+  # Early stopping: training ends once this many dev evaluations in a row found no better mean
+  # dev CCC than the best (whose checkpoint is kept); None trains all `num_steps`.
+  patience: int | None = None
   checkpoint_every: int = 200
   eval_batch: int = 64
   data_workers: int = 0
@@ -165,6 +168,8 @@ class RunConfig:
     for field in ('global_batch', 'num_steps', 'log_every', 'eval_every', 'checkpoint_every',
                   'eval_batch'):
       _positive(getattr(self, field), field)
+    if self.patience is not None:
+      _positive(self.patience, 'patience')
     if self.data_workers < 0 or self.prefetch < 0:
       raise ConfigError('data_workers and prefetch must not be negative')
 

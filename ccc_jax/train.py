@@ -152,8 +152,10 @@ def seed_iterators(config, corpus: input_pipeline.Corpus) -> input_pipeline.Seed
 # Fields that may change between a run and its resumption (they do not change what is computed).
 # `data_dir` may move: the dataset is checked by identity (`ModelInfo`), not by path.
 # `num_steps` may change only when `optimizer.decay_steps` fixes the learning-rate schedule.
+# Fields a run may be resumed with changed: they do not change what the steps compute (a larger
+# `patience` lets an early-stopped run go on).
 RESUMABLE_CHANGES = ('log_every', 'eval_every', 'checkpoint_every', 'data_workers', 'prefetch',
-                     'eval_batch', 'data_dir')
+                     'eval_batch', 'data_dir', 'patience')
 
 
 def _check_same_run(saved: dict, config: RunConfig, info: ModelInfo, workdir: str) -> None:
@@ -263,14 +265,21 @@ def _train(config: RunConfig, workdir: str, corpus: input_pipeline.Corpus | None
   graphdef, state = create_state(config, info)
   iterators = seed_iterators(config, corpus)
   store = checkpoints.Checkpoints(workdir)
-  best_score = -math.inf
+  run_start = time.time()
+  best = _Best()
+  seconds_before = 0.0  # training wall time of earlier processes of this run
   latest = store.latest_step()
   if latest is not None:
-    _check_same_run(store.restore_run_info(latest), config, info, workdir)
+    latest_info = store.restore_run_info(latest)
+    _check_same_run(latest_info, config, info, workdir)
     state = store.restore_training(latest, state, iterators, parallel.replicated, config, info)
-    best_score = store.best_score()
+    best = _Best.restored(store.best_run_info())
+    seconds_before = float(latest_info.get('train_seconds', 0.0))
     _log(f'resumed from {workdir} at step {latest}')
   run_info = {'config': config.to_json(), 'model_info': info.to_json()}
+
+  def elapsed() -> float:
+    return seconds_before + time.time() - run_start
 
   state = parallel.put_state(state)
   step_fn = compiled_train_step(graphdef, config, parallel)
@@ -280,8 +289,9 @@ def _train(config: RunConfig, workdir: str, corpus: input_pipeline.Corpus | None
   pending: list[tuple[int, Any]] = []  # device metrics not yet checked for NaN
   last_eval: dict[str, Any] | None = None
   start_time, start_step, compile_seconds = time.time(), step, None
+  stopped_early = best.patience_spent(step, config)
   try:
-    while step < config.num_steps:
+    while step < config.num_steps and not stopped_early:
       batch = parallel.put_batch(next(iterators), axis=1)
       tic = time.time()
       state, metrics = step_fn(state, batch)
@@ -302,20 +312,25 @@ def _train(config: RunConfig, workdir: str, corpus: input_pipeline.Corpus | None
           last_eval = evaluate_dev(config, graphdef, parallel.local_copy(state.params), corpus,
                                    tasks)
           writer.write(step, 'dev', _flatten(last_eval))
-          score = last_eval['mean']['ccc_concat']
-          if math.isfinite(score) and score > best_score:
-            best_score = score
+          if best.update(step, last_eval, elapsed()):
             store.save_best(step, _snapshot(parallel.get_state(state).params),
-                            {**run_info, 'step': step, 'dev': last_eval}, score)
+                            {**run_info, 'step': step, 'dev': last_eval,
+                             'train_seconds': best.seconds}, best.score)
+          # The stop is decided at an evaluation, and saved: a resumed run stops there too.
+          stopped_early = best.patience_spent(step, config)
+          save = save or stopped_early
         if save:
           store.save_latest(step, _snapshot(parallel.get_state(state)), iterators,
-                            {**run_info, 'step': step})
+                            {**run_info, 'step': step, 'train_seconds': elapsed()})
           progress['saved'] = step
         rate = (step - start_step) / max(time.time() - start_time, 1e-9)
         writer.write(step, 'train', {**values, 'steps_per_second': rate})
         dev = '' if last_eval is None else f" | dev CCC {last_eval['mean']['ccc_concat']:.3f}"
         _log(f"step {step}/{config.num_steps} | loss {values['loss']:.4f} | "
              f'{rate:.2f} steps/s{dev}')
+        if stopped_early:
+          _log(f'early stop at step {step}: no better dev CCC in {config.patience} evaluations '
+               f'since step {best.step} ({best.score:.4f}), whose checkpoint is the best')
     if last_eval is None:  # the workdir's run was already complete: report it
       last_eval = evaluate_dev(config, graphdef, parallel.local_copy(state.params), corpus, tasks)
     store.wait()
@@ -326,11 +341,43 @@ def _train(config: RunConfig, workdir: str, corpus: input_pipeline.Corpus | None
   summary = {
       'step': step, 'compile_seconds': compile_seconds,
       'steps_per_second': (step - start_step) / max(seconds, 1e-9),
-      'dev': last_eval, 'best_dev_ccc': best_score, 'tasks': list(tasks),
-      'seeds': list(config.seeds)}
+      'dev': last_eval, 'best_dev_ccc': best.score, 'best_step': best.step,
+      'best_dev': best.dev, 'seconds_to_best': best.seconds, 'train_seconds': elapsed(),
+      'stopped_early': stopped_early, 'tasks': list(tasks), 'seeds': list(config.seeds)}
   if jax.process_index() == 0:
     files.write_json(os.path.join(workdir, 'summary.json'), summary)
   return summary
+
+
+class _Best:
+  """The best mean dev CCC so far: its step, its dev table and the training wall time (all
+  processes of the run) it took to reach it; and whether early stopping's patience is spent."""
+
+  def __init__(self, score: float = -math.inf, step: int | None = None, dev=None,
+               seconds: float | None = None):
+    self.score, self.step, self.dev, self.seconds = score, step, dev, seconds
+
+  @classmethod
+  def restored(cls, run_info: dict | None) -> '_Best':
+    if run_info is None:
+      return cls()
+    return cls(float(run_info['dev_ccc']), int(run_info['step']), run_info.get('dev'),
+               run_info.get('train_seconds'))
+
+  def update(self, step: int, dev: dict[str, Any], seconds: float) -> bool:
+    """Takes an evaluation; True when it is a new best."""
+    score = dev['mean']['ccc_concat']
+    if not (math.isfinite(score) and score > self.score):
+      return False
+    self.score, self.step, self.dev, self.seconds = score, step, dev, seconds
+    return True
+
+  def patience_spent(self, step: int, config: RunConfig) -> bool:
+    """`config.patience` evaluations since the best without a better one (evaluations fall
+    every `eval_every` steps)."""
+    if config.patience is None or self.step is None:
+      return False
+    return (step - self.step) // config.eval_every >= config.patience
 
 
 @jax.jit

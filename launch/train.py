@@ -49,7 +49,13 @@ def main(argv):
     else:
       print(f"\ntrained to step {summary['step']} ({summary['steps_per_second']:.2f} steps/s "
             f"after {summary['compile_seconds']:.1f} s compiling)")
-    print(f"dev CCC at the last step (best mean dev CCC {summary['best_dev_ccc']:.4f}):\n")
+    if summary['stopped_early']:
+      print(f"stopped early: no better dev CCC in {config.patience} evaluations")
+    if summary['best_step'] is not None:
+      print(f"best mean dev CCC {summary['best_dev_ccc']:.4f} at step {summary['best_step']}, "
+            f"reached after {summary['seconds_to_best']:.0f} s of training "
+            f"({summary['train_seconds']:.0f} s in all)")
+    print(f"dev CCC at the last step ({summary['step']}):\n")
     print(report.metric_table(summary['dev'], summary['tasks']))
 
 

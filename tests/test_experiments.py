@@ -66,7 +66,9 @@ def _fake_train(calls):
     base = {'ccc': 0.5, 'pcc': 0.4, 'mse': 0.3}[config.loss] + 0.1 * len(config.model.modalities)
     seeds = [{t: {'ccc_concat': base + 0.01 * s + (0.05 if len(config.tasks) == 1 else 0)}
               for t in config.tasks} for s in config.seeds]
-    return {'dev': {'seeds': seeds}}
+    # The last evaluation is worse than the best: the grid scores the best dev step.
+    last = [{t: {'ccc_concat': v[t]['ccc_concat'] - 0.2} for t in v} for v in seeds]
+    return {'dev': {'seeds': last}, 'best_dev': {'seeds': seeds}, 'best_step': 150}
   return train_fn
 
 
@@ -83,6 +85,7 @@ def test_grid_runs_every_cell_once_and_resumes(tmp_path):
   best = max(results, key=lambda r: np.mean(r['dev_ccc_average']))
   assert best['name'] == 'stl-ccc-audio+mocap-logmel'
   assert best['dev_ccc']['valence'] == pytest.approx([0.5 + 0.3 + 0.05, 0.5 + 0.3 + 0.06])
+  assert best['best_step'] == {f'stl_{task}': 150 for task in config.tasks}
   table = (tmp_path / 'results.md').read_text()
   assert '**stl-ccc-audio+mocap-logmel**' in table
   assert '0.855 ± 0.005' in table

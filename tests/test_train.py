@@ -64,8 +64,12 @@ def test_run_writes_metrics_checkpoints_and_a_dev_table(tiny_workdir):
   _, best = _params(tiny_workdir, 'best')
   assert best.step == best_step
   assert best.tasks == ('activation', 'valence', 'dominance')
-  assert checkpoints.Checkpoints(str(tiny_workdir)).best_score() == pytest.approx(
-      summary['best_dev_ccc'])
+  best_info = checkpoints.Checkpoints(str(tiny_workdir)).best_run_info()
+  assert best_info['dev_ccc'] == pytest.approx(summary['best_dev_ccc'])
+  assert summary['best_step'] == best_step == best_info['step']
+  assert summary['best_dev']['mean']['ccc_concat'] == pytest.approx(summary['best_dev_ccc'])
+  assert 0 < summary['seconds_to_best'] <= summary['train_seconds']
+  assert summary['stopped_early'] is False
 
 
 def test_restored_model_reproduces_the_dev_scores(tiny_workdir, tiny_data_dir):
@@ -111,6 +115,29 @@ def test_with_a_fixed_schedule_a_run_is_extended_exactly(tiny_workdir, tiny_data
   assert train.train_and_evaluate(base.replace(num_steps=10, optimizer=fixed), workdir)['step'] == 10
   assert train.train_and_evaluate(base.replace(num_steps=20, optimizer=fixed), workdir)['step'] == 20
   _assert_same_params(_params(workdir)[0], _params(tiny_workdir)[0], exact=True)
+
+
+def test_early_stopping_keeps_the_best_and_a_resume_stops_there_too(tiny_data_dir, tmp_path,
+                                                                    monkeypatch):
+  """Scripted dev scores (evaluations every 5 steps): best at step 10, none better at 15, so with
+  patience 1 training ends at 15 of 20; run again it trains nothing; with patience 3 it goes on."""
+  scores = iter([0.5, 0.6, 0.55,  # steps 5, 10, 15: stop
+                 0.55,  # the finished run's report when started again
+                 0.65])  # step 20, after the patience was raised
+  monkeypatch.setattr(train, 'evaluate_dev', lambda *args: {'mean': {'ccc_concat': next(scores)},
+                                                            'seeds': []})
+  config = tiny_config(tiny_data_dir, eval_every=5, patience=1)
+  workdir = str(tmp_path / 'early')
+  summary = train.train_and_evaluate(config, workdir)
+  assert (summary['step'], summary['best_step'], summary['stopped_early']) == (15, 10, True)
+  assert summary['best_dev_ccc'] == 0.6 and 0 < summary['seconds_to_best'] < summary['train_seconds']
+  assert os.listdir(os.path.join(workdir, 'checkpoints', 'best')) == ['10']
+  again = train.train_and_evaluate(config, workdir)
+  assert (again['step'], again['stopped_early'], again['compile_seconds']) == (15, True, None)
+  assert again['seconds_to_best'] == pytest.approx(summary['seconds_to_best'])
+  longer = train.train_and_evaluate(config.replace(patience=3), workdir)
+  assert (longer['step'], longer['best_step'], longer['stopped_early']) == (20, 20, False)
+  assert longer['seconds_to_best'] > summary['train_seconds']  # the time counts across resumes
 
 
 @pytest.mark.slow

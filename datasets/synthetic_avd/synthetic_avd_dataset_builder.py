@@ -54,6 +54,12 @@ class Builder(common.WindowedBuilder):
           name='default',
           description='40 speakers (30/5/5), 2 sessions of 60 s each: 80 min, a demo the '
                       'trainer fits on a 2-core CPU in minutes.'),
+      # The field's size (RECOLA's AVEC 2016 package: 9 training recordings of 5 minutes), where
+      # a model can memorise its training speakers: for measuring generalisation.
+      SyntheticConfig(
+          name='small', num_speakers=19, dev_speakers=5, test_speakers=5,
+          sessions_per_speaker=1, session_seconds=300.0,
+          description='19 speakers (9/5/5), one 5-minute session each: 95 min, RECOLA-sized.'),
       SyntheticConfig(
           name='tiny', num_speakers=6, dev_speakers=1, test_speakers=1,
           sessions_per_speaker=1, session_seconds=20.0,

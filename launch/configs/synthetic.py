@@ -4,6 +4,7 @@
     python -m launch.train --config=launch/configs/synthetic.py --workdir=runs/synthetic
     python -m launch.train --config=launch/configs/synthetic.py:stl=valence,mse --workdir=...
     --config=launch/configs/synthetic.py:tiny    the tiny corpus, for tests and smoke runs
+    --config=launch/configs/synthetic.py:small   the RECOLA-sized corpus, with early stopping
     --config=launch/configs/synthetic.py:grid    the budget of one cell of the experiment grid
         (36 runs of 3 vectorised seeds in under 30 minutes on a 2-core CPU)
 """
@@ -50,7 +51,17 @@ def _tiny(config, value):
   config.model.head_hidden = 8
 
 
+def _small(config, value):
+  """The RECOLA-sized corpus (9 training speakers of 5 minutes), with early stopping."""
+  common._no_value('small', value)  # pylint: disable=protected-access
+  config.dataset = 'synthetic_avd:small'
+  config.eval_every = 100
+  config.patience = 5
+
+
 SYNTHETIC_VARIANTS = {
+    'small': (_small, 'the RECOLA-sized corpus (synthetic_avd:small: 9 training speakers of 5 '
+                      'minutes), dev every 100 steps, early stopping after 5 without gain'),
     'grid': (_grid, 'the budget of one experiment-grid cell (200 steps, batch 16)'),
     'tiny': (_tiny, 'the tiny corpus (synthetic_avd:tiny) and a tiny model, 20 steps'),
 }
