@@ -130,7 +130,8 @@ def train_step(args) -> dict[str, Any]:
       train.make_per_device_step(graphdef, optimizer, config.loss, config.task_weights),
       batch_axis=1, donate_argnums=(0,))
   iterators = train.seed_iterators(config, corpus)
-  host_batches = [next(iterators) for _ in range(args['batches'])]
+  host_batches = [train.identify_examples(next(iterators), config.seeds)
+                  for _ in range(args['batches'])]
   batches = [parallel.put_batch(b, axis=1) for b in host_batches]
   _block_all(batches)
   windows_per_step = config.global_batch * len(config.seeds)
@@ -186,12 +187,12 @@ def train_step(args) -> dict[str, Any]:
   }
   if args.get('loop_steps'):
     result['loop'] = _training_loop(parallel, compiled, state, iterators, args['loop_steps'],
-                                    windows_per_step)
+                                    windows_per_step, config.seeds)
   return result
 
 
 def _training_loop(parallel, compiled, state, iterators, steps: int,
-                   windows_per_step: int) -> dict[str, Any]:
+                   windows_per_step: int, seeds) -> dict[str, Any]:
   """The trainer's loop (`train.train_and_evaluate`: next batch, put_batch, step), timed twice.
 
   Split: each stage waited for, so its time is its own (nothing overlaps). Then as the trainer
@@ -201,7 +202,7 @@ def _training_loop(parallel, compiled, state, iterators, steps: int,
   split = {'load_s': [], 'host_to_device_s': [], 'compute_s': []}
   for _ in range(steps):
     t0 = time.perf_counter()
-    host_batch = next(iterators)
+    host_batch = train.identify_examples(next(iterators), seeds)
     t1 = time.perf_counter()
     batch = parallel.put_batch(host_batch, axis=1)
     _block_all(batch)
@@ -214,7 +215,8 @@ def _training_loop(parallel, compiled, state, iterators, steps: int,
     split['compute_s'].append(t3 - t2)
   start = time.perf_counter()
   for _ in range(steps):
-    state, metrics = compiled(state, parallel.put_batch(next(iterators), axis=1))
+    host_batch = train.identify_examples(next(iterators), seeds)
+    state, metrics = compiled(state, parallel.put_batch(host_batch, axis=1))
   _block_all((state, metrics))
   overlapped_s = time.perf_counter() - start
   result = {name: common.median(values) for name, values in split.items()}
@@ -272,7 +274,7 @@ def parts(args) -> dict[str, Any]:
   graphdef, params = train.init_params(config.model, model_info, [0])
   model = nnx.merge(graphdef, jax.tree.map(lambda x: x[0], params))
   iterators = train.seed_iterators(config, corpus)
-  host_batch = next(iterators)
+  host_batch = train.identify_examples(next(iterators), config.seeds)
   batch = {m: jnp.asarray(host_batch[m][0]) for m in config.model.modalities}
   calls, flops = {}, {}
   step, step_compiled = _one_device_step(config, model_info, host_batch)

@@ -77,6 +77,12 @@ class ModelConfig:
   # unidirectional GRU (`temporal` must be 'gru'). A causal run can be streamed live
   # (`ccc_jax.streaming`); BUILD_NOTES.md "Streaming" gives the price in dev CCC.
   causal: bool = False
+  # Regularisation while training (evaluation and inference are deterministic). `dropout`: on
+  # each branch's embedding, the fused representation, the temporal model's output and the
+  # heads' hidden layer. `modality_dropout`: the probability that a window loses one modality's
+  # embedding (multimodal models; never all of them), the others scaled up to compensate.
+  dropout: float = 0.0
+  modality_dropout: float = 0.0
 
   def __post_init__(self):
     _require(self.modalities, 'model.modalities', 'at least one modality')
@@ -92,6 +98,9 @@ class ModelConfig:
     for field in ('audio_channels', 'audio_kernel_sizes', 'audio_strides', 'tcn_dilations'):
       for value in getattr(self, field):
         _positive(value, f'model.{field}')
+    for field in ('dropout', 'modality_dropout'):
+      if not 0.0 <= getattr(self, field) < 1.0:
+        raise ConfigError(f'model.{field} must be in [0, 1), got {getattr(self, field)!r}')
     if self.causal:
       if self.temporal != 'gru':
         raise ConfigError(f"model.causal needs model.temporal='gru' (a unidirectional GRU); got "
@@ -126,6 +135,31 @@ class OptimizerConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class AugmentConfig:
+  """Waveform augmentation of the training windows' raw audio (the model's `audio` input; the
+  log-mel and eGeMAPS features are prepared beforehand and stay as they are). Neutral values
+  (the defaults) turn a step off. Every draw is a function of the seed, the step and the
+  example's place in the global batch, so a run resumes exactly and a seed trained among others
+  equals that seed trained alone."""
+  gain_db: float = 0.0  # a gain drawn uniformly in [-gain_db, +gain_db] dB
+  # Additive white noise at an SNR drawn uniformly in [low, high] dB; () for none.
+  noise_snr_db: tuple[float, ...] = ()
+  shift_ms: float = 0.0  # a circular shift of the window's waveform by up to this many ms
+
+  def __post_init__(self):
+    if self.gain_db < 0 or self.shift_ms < 0:
+      raise ConfigError('augment.gain_db and augment.shift_ms must not be negative')
+    if self.noise_snr_db and (len(self.noise_snr_db) != 2 or
+                              self.noise_snr_db[0] > self.noise_snr_db[1]):
+      raise ConfigError(f'augment.noise_snr_db must be (low, high) with low <= high, or (); got '
+                        f'{self.noise_snr_db}')
+
+  @property
+  def active(self) -> bool:
+    return bool(self.gain_db or self.noise_snr_db or self.shift_ms)
+
+
+@dataclasses.dataclass(frozen=True)
 class RunConfig:
   """Everything that decides what a training run computes, and how it reports."""
   dataset: str = 'synthetic_avd'  # a dataset spec as `launch.prepare` takes it (`DatasetSpec`)
@@ -139,6 +173,7 @@ class RunConfig:
   global_batch: int = 32
   num_steps: int = 800  # synthetic default: dev CCC plateaus from ~750 steps (BUILD_NOTES.md)
   optimizer: OptimizerConfig = dataclasses.field(default_factory=OptimizerConfig)
+  augment: AugmentConfig = dataclasses.field(default_factory=AugmentConfig)
   log_every: int = 50
   eval_every: int = 200
   # Early stopping: training ends once this many dev evaluations in a row found no better mean

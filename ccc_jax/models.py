@@ -16,8 +16,8 @@ concatenation. Output: [B, T, num_tasks].
 
 Built for functional use (`nnx.split(model, nnx.Param)` / `nnx.merge`) inside jit, shard_map and
 vmap: every piece of state is an `nnx.Param` and nothing is written during a forward pass (no
-dropout, no BatchNorm, no RNG streams; the GRU carry starts at zeros; `stream` takes and returns
-its history explicitly).
+BatchNorm, no RNG streams: while training, dropout draws from per-window keys passed in; the GRU
+carry starts at zeros; `stream` takes and returns its history explicitly).
 """
 
 from __future__ import annotations
@@ -277,11 +277,44 @@ class MultiTaskHeads(nnx.Module):
             rngs.params(), (num_tasks, hidden)))
     self.output_bias = nnx.Param(jnp.zeros((num_tasks,)))
 
-  def __call__(self, x: jax.Array) -> jax.Array:
-    """[B, T, width] -> [B, T, num_tasks]."""
+  def __call__(self, x: jax.Array, dropout=None) -> jax.Array:
+    """[B, T, width] -> [B, T, num_tasks]; `dropout` applies to the hidden layer."""
     h = jnp.einsum('btd,kdh->btkh', x, self.hidden_kernel[...]) + self.hidden_bias[...]
     h = jax.nn.gelu(h)
+    if dropout is not None:
+      h = dropout(h)
     return jnp.einsum('btkh,kh->btk', h, self.output_kernel[...]) + self.output_bias[...]
+
+
+class _Dropout:
+  """Dropout with one key per example (`keys` [B, 2]), each use of it salted differently, so
+  a mask depends only on the example's key: on neither the batch layout nor the devices."""
+
+  def __init__(self, rate: float, keys: jax.Array):
+    self.rate, self.keys, self.uses = rate, keys, 0
+
+  def next_keys(self) -> jax.Array:
+    self.uses += 1
+    return jax.vmap(lambda key: jax.random.fold_in(key, self.uses))(self.keys)
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    keys = self.next_keys()
+    if self.rate == 0.0:
+      return x
+    def one(example, key):
+      keep = jax.random.bernoulli(key, 1.0 - self.rate, example.shape)
+      return jnp.where(keep, example / (1.0 - self.rate), 0.0)
+    return jax.vmap(one)(x, keys)
+
+
+def _modality_dropout(embeddings: list[jax.Array], rate: float, keys: jax.Array) -> list[jax.Array]:
+  """Drops each modality's embedding of a window with probability `rate`, never all of them,
+  scaling the kept ones by (modalities / kept)."""
+  count = len(embeddings)
+  keep = jax.vmap(lambda key: jax.random.bernoulli(key, 1.0 - rate, (count,)))(keys)  # [B, M]
+  keep = jnp.where(keep.any(axis=1, keepdims=True), keep, True)
+  scale = count / keep.sum(axis=1)
+  return [e * (keep[:, m] * scale)[:, None, None] for m, e in enumerate(embeddings)]
 
 
 def _branch(modality: str, config: ModelConfig, input_dim: int, rngs: nnx.Rngs) -> nnx.Module:
@@ -343,18 +376,27 @@ class AVDNet(nnx.Module):
     else:
       self.temporal = BidirectionalGRU(width, config.gru_hidden, config.gru_layers, rngs=rngs)
     self.heads = MultiTaskHeads(width, config.head_hidden, num_tasks, rngs=rngs)
+    self.dropout = config.dropout
+    self.modality_dropout = config.modality_dropout if len(modalities) > 1 else 0.0
 
-  def __call__(self, inputs: Mapping[str, jax.Array]) -> jax.Array:
+  def __call__(self, inputs: Mapping[str, jax.Array], keys: jax.Array | None = None) -> jax.Array:
     """Per-frame traces [B, T, num_tasks] from a batch of windows.
 
     Args:
       inputs: at least the modalities in `config.modalities` (other keys, such as labels or
         mask, are ignored), shaped as in the data contract.
 
+      keys: for training, one random key per window (`[B, 2]`, `jax.random.PRNGKey` form):
+        dropout and modality dropout draw from them. None (evaluation, inference): no dropout.
+
     Raises:
       ValueError: a modality the model uses is missing, or the modalities disagree on B or T.
     """
-    return self.heads(self.temporal(self._fused(inputs, {})))
+    dropout = None if keys is None else _Dropout(self.dropout, keys)
+    x = self.temporal(self._fused(inputs, {}, dropout))
+    if dropout is not None:
+      x = dropout(x)
+    return self.heads(x, dropout)
 
   def stream(self, inputs: Mapping[str, jax.Array], history: jax.Array, known: jax.Array,
              num_valid: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
@@ -400,9 +442,9 @@ class AVDNet(nnx.Module):
   def trunk_width(self) -> int:
     return self.fusion.out_features
 
-  def _fused(self, inputs: Mapping[str, jax.Array], branch_calls) -> jax.Array:
+  def _fused(self, inputs: Mapping[str, jax.Array], branch_calls, dropout=None) -> jax.Array:
     """Per-frame fused representation [B, T, trunk_width] (branch_calls: modality -> the
-    function to use instead of the branch's own call)."""
+    function to use instead of the branch's own call; dropout: a `_Dropout` while training)."""
     missing = [m for m in self.modalities if m not in inputs]
     if missing:
       raise ValueError(
@@ -411,5 +453,11 @@ class AVDNet(nnx.Module):
     shapes = {m: e.shape[:2] for m, e in embeddings.items()}
     if len(set(shapes.values())) != 1:
       raise ValueError(f'modalities disagree on (batch, label frames): {shapes}')
-    x = jnp.concatenate([embeddings[m] for m in self.modalities], axis=-1)
-    return jax.nn.gelu(self.fusion_norm(self.fusion(x)))
+    parts = [embeddings[m] for m in self.modalities]
+    if dropout is not None:
+      parts = [dropout(part) for part in parts]
+      modality_keys = dropout.next_keys()
+      if self.modality_dropout:
+        parts = _modality_dropout(parts, self.modality_dropout, modality_keys)
+    x = jax.nn.gelu(self.fusion_norm(self.fusion(jnp.concatenate(parts, axis=-1))))
+    return x if dropout is None else dropout(x)

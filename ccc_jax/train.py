@@ -35,7 +35,8 @@ from ccc_jax import input_pipeline
 from ccc_jax import losses
 from ccc_jax import models
 from ccc_jax import sharding
-from ccc_jax.config import ModelConfig, ModelInfo, OptimizerConfig, RunConfig, leaf_differences
+from ccc_jax.config import (AugmentConfig, ModelConfig, ModelInfo, OptimizerConfig, RunConfig,
+                            leaf_differences)
 from ccc_jax.errors import CheckpointError, Interrupted, OutputError, TrainingDiverged
 
 
@@ -82,20 +83,67 @@ def make_optimizer(optimizer: OptimizerConfig, num_steps: int) -> optax.Gradient
                      optax.adamw(schedule, weight_decay=optimizer.weight_decay))
 
 
-def apply_model(graphdef, params, inputs):
-  return nnx.merge(graphdef, params)(inputs)
+def apply_model(graphdef, params, inputs, keys=None):
+  return nnx.merge(graphdef, params)(inputs, keys)
+
+
+def identify_examples(batch: dict[str, np.ndarray], seeds, first: int = 0) -> dict[str, np.ndarray]:
+  """Adds `seed` and `example` (`[seeds, local_batch]` int32) to a host batch: the seed of each
+  row and its place in the global batch (this process's slice starts at `first`). The train
+  step draws each window's random numbers from them and the step number alone."""
+  num_seeds, local_batch = np.asarray(batch['labels']).shape[:2]
+  if num_seeds != len(seeds):
+    raise ValueError(f'batch has {num_seeds} seeds, the run {len(seeds)}')
+  shape = (num_seeds, local_batch)
+  return {**batch,
+          'seed': np.broadcast_to(np.asarray(seeds, np.int32)[:, None], shape).copy(),
+          'example': np.broadcast_to(first + np.arange(local_batch, dtype=np.int32), shape).copy()}
+
+
+def example_keys(seed: jax.Array, step: jax.Array, example: jax.Array) -> jax.Array:
+  """One key per window `[B, 2]` from the seed, the step and the window's global index."""
+  base = jax.random.fold_in(jax.random.PRNGKey(seed), step)
+  return jax.vmap(lambda index: jax.random.fold_in(base, index))(example)
+
+
+def augment_audio(audio: jax.Array, keys: jax.Array, augment: AugmentConfig,
+                  sample_rate: int = 16000) -> jax.Array:
+  """`augment`'s gain, noise and circular shift of each window's normalised waveform [B, N]."""
+  def one(wave, key):
+    gain_key, snr_key, noise_key, shift_key = jax.random.split(key, 4)
+    if augment.shift_ms:
+      limit = int(round(augment.shift_ms * sample_rate / 1000))
+      wave = jnp.roll(wave, jax.random.randint(shift_key, (), -limit, limit + 1))
+    if augment.gain_db:
+      gain_db = jax.random.uniform(gain_key, (), minval=-augment.gain_db, maxval=augment.gain_db)
+      wave = wave * 10.0 ** (gain_db / 20.0)
+    if augment.noise_snr_db:
+      low, high = augment.noise_snr_db
+      snr_db = jax.random.uniform(snr_key, (), minval=low, maxval=high)
+      power = jnp.mean(wave ** 2)
+      wave = wave + jnp.sqrt(power / 10.0 ** (snr_db / 10.0)) * jax.random.normal(
+          noise_key, wave.shape)
+    return wave
+  return jax.vmap(one)(audio, keys)
 
 
 def make_per_device_step(graphdef, optimizer: optax.GradientTransformation, loss_kind: str,
-                         task_weights) -> Callable:
+                         task_weights, augment: AugmentConfig = AugmentConfig()) -> Callable:
   """The train step for one device's shard of the batch, for every seed at once.
 
-  `state` holds stacked seeds; `batch` arrays are `[seeds, per_device_batch, ...]`.
+  `state` holds stacked seeds; `batch` arrays are `[seeds, per_device_batch, ...]`, with `seed`
+  and `example` from `identify_examples`.
   """
 
   def one_seed(state: TrainState, batch):
+    keys = example_keys(batch['seed'][0], state.step, batch['example'])
+    if augment.active and 'audio' in batch:
+      batch = {**batch, 'audio': augment_audio(batch['audio'], keys, augment)}
+    # Other draws than the augmentation's (which used `keys` itself).
+    model_keys = jax.vmap(lambda key: jax.random.fold_in(key, 1 << 20))(keys)
+
     def objective(params):
-      predictions = apply_model(graphdef, params, batch)
+      predictions = apply_model(graphdef, params, batch, model_keys)
       total, per_task = losses.loss(loss_kind, predictions, batch['labels'], batch['mask'],
                                     task_weights, axis_name=sharding.DATA_AXIS)
       return total, per_task
@@ -118,15 +166,16 @@ def compiled_train_step(graphdef, config: RunConfig, parallel: sharding.DataPara
   test session) that share a model, optimiser and loss share one compiled program.
   """
   return _compiled_train_step(graphdef, config.optimizer, config.num_steps, config.loss,
-                              config.task_weights, parallel)
+                              config.task_weights, config.augment, parallel)
 
 
 @functools.lru_cache(maxsize=8)
 def _compiled_train_step(graphdef, optimizer: OptimizerConfig, num_steps: int, loss_kind: str,
-                         task_weights, parallel: sharding.DataParallel) -> Callable:
+                         task_weights, augment: AugmentConfig,
+                         parallel: sharding.DataParallel) -> Callable:
   return parallel.run(
       make_per_device_step(graphdef, make_optimizer(optimizer, num_steps), loss_kind,
-                           task_weights),
+                           task_weights, augment),
       batch_axis=1, donate_argnums=(0,))
 
 
@@ -283,6 +332,8 @@ def _train(config: RunConfig, workdir: str, corpus: input_pipeline.Corpus | None
 
   state = parallel.put_state(state)
   step_fn = compiled_train_step(graphdef, config, parallel)
+  # This process's slice of each global batch (processes take consecutive slices).
+  first_example = jax.process_index() * (config.global_batch // jax.process_count())
   step = int(latest or 0)
   progress.update(step=step, saved=latest)
   writer = _MetricWriter(workdir, step)
@@ -292,7 +343,8 @@ def _train(config: RunConfig, workdir: str, corpus: input_pipeline.Corpus | None
   stopped_early = best.patience_spent(step, config)
   try:
     while step < config.num_steps and not stopped_early:
-      batch = parallel.put_batch(next(iterators), axis=1)
+      batch = parallel.put_batch(identify_examples(next(iterators), config.seeds, first_example),
+                                 axis=1)
       tic = time.time()
       state, metrics = step_fn(state, batch)
       step += 1

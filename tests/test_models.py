@@ -255,3 +255,35 @@ def test_data_parallel_shard_map_matches_one_device():
   inputs = make_inputs(batch=len(jax.devices()))
   np.testing.assert_allclose(sharded_apply(params, inputs), apply(params, inputs),
                              rtol=1e-5, atol=1e-6)
+
+
+def test_dropout_draws_only_from_the_window_keys():
+  """Training (keys given): masks follow each window's key, whatever its batch neighbours;
+  evaluation (no keys): deterministic and undisturbed. Modality dropout never drops every
+  modality of a window."""
+  config = small_config(('logmel', 'mocap'), dropout=0.3, modality_dropout=0.9)
+  model = models.AVDNet(config, num_tasks=3, input_dims=INPUT_DIMS, rngs=nnx.Rngs(0))
+  graphdef, params = nnx.split(model, nnx.Param)
+  apply = jax.jit(lambda p, x, k: nnx.merge(graphdef, p)(x, k))
+  evaluate = jax.jit(lambda p, x: nnx.merge(graphdef, p)(x))
+  x = {k: v for k, v in make_inputs(batch=4).items() if k in ('logmel', 'mocap')}
+  keys = jax.vmap(lambda i: jax.random.fold_in(jax.random.PRNGKey(7), i))(jnp.arange(4))
+  trained = np.asarray(apply(params, x, keys))
+  # Window 2 alone, with its own key: the same output as in the batch of four.
+  alone = np.asarray(apply(params, {k: v[2:3] for k, v in x.items()}, keys[2:3]))
+  np.testing.assert_allclose(alone[0], trained[2], rtol=1e-5, atol=1e-6)
+  assert not np.allclose(trained, np.asarray(evaluate(params, x)), atol=1e-3)
+  other = np.asarray(apply(params, x, keys[::-1]))
+  assert not np.allclose(other, trained, atol=1e-3)
+  np.testing.assert_array_equal(np.asarray(evaluate(params, x)), np.asarray(evaluate(params, x)))
+  embeddings = [jnp.ones((64, 1, 2)), 2 * jnp.ones((64, 1, 2))]
+  window_keys = jax.vmap(lambda i: jax.random.fold_in(jax.random.PRNGKey(1), i))(jnp.arange(64))
+  kept = models._modality_dropout(embeddings, 0.9, window_keys)  # pylint: disable=protected-access
+  alive = np.stack([np.asarray(e[:, 0, 0]) != 0 for e in kept], axis=1)
+  assert alive.any(axis=1).all() and not alive.all()
+  # Kept modalities are scaled by 2 / (number kept).
+  for window in range(64):
+    scale = 2 / alive[window].sum()
+    for m in range(2):
+      expected = (m + 1) * scale if alive[window, m] else 0.0
+      assert float(kept[m][window, 0, 0]) == pytest.approx(expected)

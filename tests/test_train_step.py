@@ -6,7 +6,7 @@ import pytest
 
 from ccc_jax import sharding
 from ccc_jax import train
-from ccc_jax.config import ModelInfo
+from ccc_jax.config import AugmentConfig, ModelInfo
 from launch import cli
 from launch.configs import synthetic
 
@@ -27,6 +27,12 @@ def _config(seeds=(0,)):
   config.model.audio_kernel_sizes = (40, 32)
   config.model.audio_strides = (40, 16)
   config.model.tcn_dilations = (1,)
+  # With every random draw on: what must not depend on the devices or the stack is tested too.
+  config.model.dropout = 0.2
+  config.model.modality_dropout = 0.3
+  config.augment.gain_db = 6.0
+  config.augment.noise_snr_db = (5.0, 20.0)
+  config.augment.shift_ms = 5.0
   return cli.run_config(config)
 
 
@@ -52,11 +58,12 @@ def _train(config, devices, mode, batches):
   graphdef, state = train.create_state(config, INFO)
   optimizer = train.make_optimizer(config.optimizer, config.num_steps)
   parallel = sharding.DataParallel(sharding.make_mesh(devices), mode)
-  step = parallel.run(train.make_per_device_step(graphdef, optimizer, config.loss, None),
-                      batch_axis=1)
+  step = parallel.run(train.make_per_device_step(graphdef, optimizer, config.loss, None,
+                                                 config.augment), batch_axis=1)
   state = parallel.put_state(state)
   losses = []
   for batch in batches:
+    batch = train.identify_examples(batch, config.seeds)
     state, metrics = step(state, parallel.put_batch(batch, axis=1))
     losses.append(np.asarray(metrics['loss']).reshape(-1)[:len(config.seeds)])
   return jax.device_get(parallel.get_state(state)), np.stack(losses)
@@ -104,3 +111,22 @@ def test_unknown_loss_and_parallel_mode_are_refused():
     _config().replace(parallel='pjit')
   with pytest.raises(ValueError, match="unknown parallel mode 'pjit'"):
     sharding.DataParallel(sharding.make_mesh(), 'pjit')
+
+
+def test_waveform_augmentation_draws_gain_noise_and_shift_per_window():
+  keys = jax.vmap(lambda i: jax.random.fold_in(jax.random.PRNGKey(3), i))(np.arange(256))
+  wave = np.tile(np.sin(2 * np.pi * np.arange(1600) / 100.0), (256, 1)).astype(np.float32)
+  gain_only = np.asarray(train.augment_audio(wave, keys, AugmentConfig(gain_db=6.0)))
+  ratio_db = 20 * np.log10(np.abs(gain_only).max(axis=1) / np.abs(wave).max(axis=1))
+  assert ratio_db.min() >= -6.0001 and ratio_db.max() <= 6.0001 and ratio_db.std() > 2.5
+  noisy = np.asarray(train.augment_audio(wave, keys, AugmentConfig(noise_snr_db=(10.0, 20.0))))
+  snr_db = 10 * np.log10(np.mean(wave ** 2, axis=1) / np.mean((noisy - wave) ** 2, axis=1))
+  assert snr_db.min() > 9.5 and snr_db.max() < 20.5 and snr_db.std() > 2
+  shifted = np.asarray(train.augment_audio(wave, keys, AugmentConfig(shift_ms=2.0)))
+  lags = [int(np.argmax([np.dot(np.roll(wave[0], s), shifted[i]) for s in range(-32, 33)])) - 32
+          for i in range(16)]
+  assert max(abs(lag) for lag in lags) <= 32 and len(set(lags)) > 3
+  # The same keys, the same draws; the neutral config leaves the waveform alone.
+  np.testing.assert_array_equal(
+      noisy, np.asarray(train.augment_audio(wave, keys, AugmentConfig(noise_snr_db=(10.0, 20.0)))))
+  np.testing.assert_array_equal(np.asarray(train.augment_audio(wave, keys, AugmentConfig())), wave)

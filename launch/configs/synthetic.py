@@ -49,6 +49,13 @@ def _tiny(config, value):
     config.model.temporal = 'tcn'
   config.model.gru_hidden = 16
   config.model.head_hidden = 8
+  # Every random draw of training on, so that the exactness tests (resume after SIGKILL, two
+  # processes against one) cover them.
+  config.model.dropout = 0.1
+  config.model.modality_dropout = 0.1
+  config.augment.gain_db = 3.0
+  config.augment.noise_snr_db = (20.0, 40.0)
+  config.augment.shift_ms = 2.0
 
 
 def _small(config, value):
