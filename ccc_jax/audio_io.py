@@ -114,13 +114,28 @@ def to_16k_mono(samples: np.ndarray, sample_rate: int) -> np.ndarray:
 
   Channels are averaged; resampling uses librosa with soxr's high-quality mode.
   """
-  samples = np.asarray(samples, dtype=np.float32)
-  if samples.ndim == 2:
-    samples = samples.mean(axis=1) if samples.shape[1] > 1 else samples[:, 0]
+  samples = mix_down(samples)
   if sample_rate != SAMPLE_RATE:
     samples = librosa.resample(samples, orig_sr=int(sample_rate), target_sr=SAMPLE_RATE,
                                res_type=_RESAMPLE_TYPE)
   return np.ascontiguousarray(samples, dtype=np.float32)
+
+
+def mix_down(samples: np.ndarray) -> np.ndarray:
+  """`[n]` or `[n, channels]` as float32 `[n]`: the mean of the channels."""
+  samples = np.asarray(samples, dtype=np.float32)
+  if samples.ndim == 2:
+    samples = samples.mean(axis=1) if samples.shape[1] > 1 else samples[:, 0]
+  return samples
+
+
+def pcm_to_float(audio) -> np.ndarray:
+  """Samples as float32: floats as they are (full scale 1.0), integer PCM scaled to [-1, 1)
+  as soundfile scales it."""
+  audio = np.asarray(audio)
+  if np.issubdtype(audio.dtype, np.integer):
+    audio = audio / float(np.iinfo(audio.dtype).max + 1)
+  return np.asarray(audio, dtype=np.float32)
 
 
 def waveform_16k(audio, sample_rate: int) -> np.ndarray:
@@ -135,10 +150,7 @@ def waveform_16k(audio, sample_rate: int) -> np.ndarray:
     DataError: empty audio, NaN or infinite samples, or a layout that looks like
       `[channels, samples]`.
   """
-  audio = np.asarray(audio)
-  if np.issubdtype(audio.dtype, np.integer):
-    audio = audio / float(np.iinfo(audio.dtype).max + 1)
-  audio = np.asarray(audio, dtype=np.float32)
+  audio = pcm_to_float(audio)
   if audio.ndim == 2 and audio.shape[1] > audio.shape[0]:
     raise DataError(f'audio has shape {audio.shape}: expected [samples] or [samples, channels]; '
                     'pass audio.T for a [channels, samples] array')

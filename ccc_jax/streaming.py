@@ -282,12 +282,7 @@ class StreamingPredictor:
   # -------------------------------------------------------------------------------------------
 
   def _mono(self, audio) -> np.ndarray:
-    audio = np.asarray(audio)
-    if np.issubdtype(audio.dtype, np.integer):
-      audio = audio / float(np.iinfo(audio.dtype).max + 1)
-    audio = np.asarray(audio, np.float32)
-    if audio.ndim == 2:
-      audio = audio.mean(axis=1) if audio.shape[1] > 1 else audio[:, 0]
+    audio = audio_io.mix_down(audio_io.pcm_to_float(audio))
     if audio.ndim != 1:
       raise DataError(f'audio chunk must be [samples] or [samples, channels], got shape '
                       f'{audio.shape}')
