@@ -165,8 +165,7 @@ def _streamed_dev(workdir: str) -> dict:
   model = checkpoints.restore_model(workdir)
   corpus = input_pipeline.open_corpus(model.config.dataset, model.config.data_dir)
   predictions = evaluation.predict_split(model.graphdef, model.params, corpus, 'dev',
-                                         model.modalities, model.tasks,
-                                         causal=model.config.model.causal)
+                                         model.config.model, model.tasks)
   table = evaluation.score_split(predictions, model.tasks)
   return {task: table[task]['ccc_concat'] for task in (*model.tasks, 'mean')}
 

@@ -37,6 +37,10 @@ MODALITIES = ('audio', 'logmel', 'egemaps', 'egemaps_functionals', 'mocap')
 # depend on the signal up to the frame's end only. openSMILE's LLD windows reach up to 30 ms past
 # their frame, and the AVEC functionals summarise several seconds around it.
 CAUSAL_MODALITIES = ('audio', 'logmel', 'mocap')
+# What `ModelConfig.recording_norm` may standardise per recording: the acoustic inputs whose
+# whole-recording statistics the builders store and inference computes (eGeMAPS would need a
+# second openSMILE pass over a new recording; not yet).
+RECORDING_NORM_MODALITIES = ('audio', 'logmel')
 TEMPORAL_MODELS = ('tcn', 'gru')
 PARALLEL_MODES = ('shard_map', 'pmap')
 
@@ -83,6 +87,19 @@ class ModelConfig:
   # embedding (multimodal models; never all of them), the others scaled up to compensate.
   dropout: float = 0.0
   modality_dropout: float = 0.0
+  # Inputs standardised by each recording's own mean and standard deviation instead of the
+  # training split's: the speech field's per-speaker normalisation (cepstral mean and variance
+  # normalisation for log-mel, level normalisation for the waveform). It removes a speaker's base
+  # level and spectral tilt, which a model trained on a few speakers otherwise learns as identity
+  # (BUILD_NOTES.md "Generalisation"). It needs the whole recording, so a causal model cannot.
+  # Names the model lacks are ignored (a variant may drop a modality).
+  recording_norm: tuple[str, ...] = ()
+  # Label frames (25 Hz) by which the annotation lags what causes it: output frame i of a window
+  # is trained against label frame i + label_delay (a window's first label_delay labels, whose
+  # cause lies before the window, are never targets), and predictions are placed label_delay
+  # frames later. 50 = 2 s, the shift of the AVEC 2018 cross-cultural baseline. Not for a causal
+  # model, which already sees the past.
+  label_delay: int = 0
 
   def __post_init__(self):
     _require(self.modalities, 'model.modalities', 'at least one modality')
@@ -101,6 +118,12 @@ class ModelConfig:
     for field in ('dropout', 'modality_dropout'):
       if not 0.0 <= getattr(self, field) < 1.0:
         raise ConfigError(f'model.{field} must be in [0, 1), got {getattr(self, field)!r}')
+    for name in self.recording_norm:
+      _choice(name, RECORDING_NORM_MODALITIES, 'model.recording_norm')
+    if isinstance(self.label_delay, bool) or not isinstance(self.label_delay, int) or \
+        self.label_delay < 0:
+      raise ConfigError(f'model.label_delay must be a whole number of label frames >= 0, got '
+                        f'{self.label_delay!r}')
     if self.causal:
       if self.temporal != 'gru':
         raise ConfigError(f"model.causal needs model.temporal='gru' (a unidirectional GRU); got "
@@ -110,6 +133,18 @@ class ModelConfig:
         raise ConfigError(f'model.causal: modalities {not_causal} are not causal (their features '
                           'look past the end of a label frame); a causal model can use '
                           f'{", ".join(CAUSAL_MODALITIES)}')
+      if self.recording_norm:
+        raise ConfigError('model.causal cannot use model.recording_norm: a live stream does not '
+                          "know a recording's statistics before it ends")
+      if self.label_delay:
+        raise ConfigError('model.causal cannot use model.label_delay: a causal model already '
+                          'sees the past that a delayed label reacts to')
+
+
+  @property
+  def recording_norm_inputs(self) -> tuple[str, ...]:
+    """The inputs normalised per recording: those of `recording_norm` the model has."""
+    return tuple(name for name in self.recording_norm if name in self.modalities)
 
 
 @dataclasses.dataclass(frozen=True)

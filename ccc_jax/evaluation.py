@@ -35,6 +35,7 @@ from ccc_jax import metrics
 from ccc_jax import postprocess
 from ccc_jax import streaming
 from ccc_jax import windows
+from ccc_jax.config import ModelConfig
 from ccc_jax.errors import CheckpointError, CorpusError
 
 
@@ -50,27 +51,31 @@ def ensemble(prediction_seeds: np.ndarray) -> np.ndarray:
 
 
 def predict_split(graphdef, params, corpus: input_pipeline.Corpus, split: str,
-                  modalities: Sequence[str], tasks: Sequence[str] | None,
-                  batch_size: int = 64, causal: bool = False) -> dict[str, dict[str, np.ndarray]]:
+                  model: ModelConfig, tasks: Sequence[str] | None,
+                  batch_size: int = 64) -> dict[str, dict[str, np.ndarray]]:
   """Per recording: `prediction` `[seeds, frames, tasks]` and, for labelled splits, `truth`.
 
   `params` are stacked over seeds and live on one device (this process predicts every window).
-  A causal model (`causal`) is run as a stream over each whole recording (`ccc_jax.streaming`:
-  each frame the last output of the training window ending there); its inputs are the split's
-  windows put back together.
+  The windows' outputs are averaged where they overlap, placed `model.label_delay` frames later.
+  A causal model is run as a stream over each whole recording (`ccc_jax.streaming`: each frame
+  the last output of the training window ending there); its inputs are the split's windows put
+  back together.
   """
-  if causal:
+  modalities = model.modalities
+  if model.causal:
     runner = streaming.CausalRunner(graphdef, params, modalities, corpus.window)
     return {name: {**({'truth': truth} if truth is not None else {}),
                    'prediction': runner.run_whole(inputs)}
             for name, (inputs, truth) in split_recordings(corpus, split, modalities,
                                                           tasks, batch_size).items()}
+  windows.check_delay(model.label_delay, corpus.window, int(corpus.metadata['hop']))
   labelled = tasks is not None and corpus.is_labelled(split)
   frames = corpus.recordings(split)
   num_seeds = jax.tree.leaves(params)[0].shape[0]
   averages: dict[str, dict[str, windows.OverlapAverage]] = {}
   for inputs, info in input_pipeline.iterate_split(corpus, split, batch_size, modalities,
-                                                   tasks if labelled else None):
+                                                   tasks if labelled else None,
+                                                   model.recording_norm_inputs):
     predicted = np.asarray(predict_windows(graphdef, params, inputs))
     for i in np.flatnonzero(info['valid']):
       name = info['recording'][i]
@@ -80,7 +85,8 @@ def predict_split(graphdef, params, corpus: input_pipeline.Corpus, split: str,
         if labelled:
           averages[name]['truth'] = windows.OverlapAverage(frames[name],
                                                            inputs['labels'].shape[-1:])
-      averages[name]['prediction'].add(info['start'][i], np.moveaxis(predicted[:, i], 0, 1))
+      averages[name]['prediction'].add(info['start'][i], np.moveaxis(predicted[:, i], 0, 1),
+                                       model.label_delay)
       if labelled:
         averages[name]['truth'].add(info['start'][i], inputs['labels'][i])
   missing = sorted(set(frames) - set(averages))
@@ -178,6 +184,18 @@ def check_corpus_matches(corpus: input_pipeline.Corpus, model: checkpoints.Resto
                       f'{model.info.window}')
 
 
+def held_out_check(workdir: str, checkpoint: str | int = 'best',
+                   data_dir: str | None = None) -> dict[str, Any] | None:
+  """Post-processing tuned on dev and applied unchanged to test, so that no post-processed
+  figure is tuned on the data it reports: `{'dev': evaluate_split(dev), 'test':
+  evaluate_split(test)}`, or None when the run's corpus has no labelled test split."""
+  model = checkpoints.restore_model(workdir, checkpoint)
+  corpus = input_pipeline.open_corpus(model.config.dataset, data_dir or model.config.data_dir)
+  if 'test' not in corpus.sources or not corpus.is_labelled('test'):
+    return None
+  return {split: evaluate_split(workdir, split, checkpoint, data_dir) for split in ('dev', 'test')}
+
+
 def evaluate_split(workdir: str, split: str, checkpoint: str | int = 'best',
                    data_dir: str | None = None) -> dict[str, Any]:
   """Scores a checkpoint on a prepared split, before and after post-processing.
@@ -216,8 +234,8 @@ def evaluate_split(workdir: str, split: str, checkpoint: str | int = 'best',
 
   tasks = model.tasks
   causal = model.config.model.causal
-  predictions = predict_split(model.graphdef, model.params, corpus, split, model.modalities,
-                              tasks, batch_size=model.config.eval_batch, causal=causal)
+  predictions = predict_split(model.graphdef, model.params, corpus, split, model.config.model,
+                              tasks, batch_size=model.config.eval_batch)
   combined = {name: ensemble(entry['prediction']) for name, entry in predictions.items()}
   if split == tuning:
     # A causal run is used live: only steps that need no future (scale, bias) are tuned.

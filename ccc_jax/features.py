@@ -27,6 +27,7 @@ import librosa
 import numpy as np
 import scipy.fft
 
+from ccc_jax import metrics
 from ccc_jax.audio_io import SAMPLE_RATE
 from ccc_jax.errors import DataError
 
@@ -45,9 +46,28 @@ LOG_FLOOR = 1e-10
 # Two signals of one recording (audio and its labels or mocap) may differ this much in length;
 # more means they are not the same recording.
 LENGTH_TOLERANCE_S = 1.0
+# Standard deviations below this are stored as 1: a constant feature (e.g. a marker never seen
+# in training, or digital silence) is then only centred by normalisation, never divided by ~0.
+MIN_STD = 1e-6
 # Mocap frames `mocap_features` hands `MocapFeatureStream` at a time: bounds its float64 working
 # copies (9 minutes at 120 Hz) whatever the take's length; the result does not depend on it.
 _MOCAP_BLOCK = 65536
+
+
+def recording_stats(inputs: dict[str, np.ndarray]) -> dict[str, dict[str, list | float]]:
+  """Per input (`audio` `[samples]`, `logmel` `[rows, 40]`, ...), the mean and standard
+  deviation over one whole recording, as `normalise` takes them (`model.recording_norm`).
+
+  The builders store these for every recording of every split and inference computes them for a
+  new one, from the same arrays: the 16 kHz waveform padded or cut to `640 * num_frames` samples
+  and `log_mel(waveform, num_frames)`.
+  """
+  stats = {}
+  for name, values in inputs.items():
+    moments = metrics.RunningMoments()
+    moments.add(values)
+    stats[name] = moments.to_json(min_std=MIN_STD)
+  return stats
 
 
 @functools.cache

@@ -170,15 +170,37 @@ class Predictor:
     if self.model.config.model.causal:
       return self._predict_causal(waveform, mocap_features, num_frames)
     starts = windows.window_starts(num_frames, info.window, info.hop)
+    stats = self._input_stats(waveform, num_frames)
+    delay = self.model.config.model.label_delay
     average = windows.OverlapAverage(num_frames, (self.model.num_seeds, len(self.tasks)))
     for begin in range(0, len(starts), self.batch_size):
       batch_starts = starts[begin:begin + self.batch_size]
-      inputs = self._window_batch(waveform, mocap_features, batch_starts, num_frames)
+      inputs = self._window_batch(waveform, mocap_features, batch_starts, num_frames, stats)
       predicted = np.asarray(evaluation.predict_windows(
           self.model.graphdef, self.model.params, inputs))  # [seeds, batch, T, tasks]
       for index, start in enumerate(batch_starts):
-        average.add(start, np.moveaxis(predicted[:, index], 0, 1))
+        average.add(start, np.moveaxis(predicted[:, index], 0, 1), delay)
     return np.moveaxis(average.result(), 1, 0)
+
+  def _input_stats(self, waveform: np.ndarray, num_frames: int) -> dict:
+    """The statistics this recording's inputs are normalised with (`input_pipeline.input_stats`):
+    for `model.recording_norm`, its own, from the arrays the builders compute them from."""
+    norm = self.model.config.model.recording_norm_inputs
+    if not norm:
+      return self.model.info.stats
+    fitted = np.zeros((num_frames * features.SAMPLES_PER_FRAME,), np.float32)
+    fitted[:min(waveform.shape[0], fitted.shape[0])] = waveform[:fitted.shape[0]]
+    own = {}
+    if 'audio' in norm:
+      own.update(features.recording_stats({'audio': fitted}))
+    if 'logmel' in norm:
+      # Block by block, in the bounded memory of the prediction itself (one batch's span).
+      block = (self.batch_size - 1) * self.model.info.hop + self.model.info.window
+      moments = metrics.RunningMoments()
+      for begin in range(0, num_frames, block):
+        moments.add(features.log_mel_span(fitted, begin, min(begin + block, num_frames)))
+      own['logmel'] = moments.to_json(min_std=features.MIN_STD)
+    return input_pipeline.input_stats(self.model.info.stats, own, norm)
 
   def _predict_causal(self, waveform, mocap_features, num_frames: int) -> np.ndarray:
     """A causal run's definition (`ccc_jax.streaming`), which a stream of the same recording
@@ -225,8 +247,9 @@ class Predictor:
     except DataError as error:
       raise DataError(f'{source}: {error}') from None
 
-  def _window_batch(self, waveform, mocap_features, starts, num_frames: int):
-    """Normalised model inputs for the windows at `starts`, padded to `batch_size` windows."""
+  def _window_batch(self, waveform, mocap_features, starts, num_frames: int, stats):
+    """Model inputs for the windows at `starts`, normalised with `stats`, padded to
+    `batch_size` windows."""
     window = self.model.info.window
     batch = {}
     if 'audio' in self.modalities:
@@ -254,7 +277,7 @@ class Predictor:
     missing = self.batch_size - len(starts)
     if missing:  # one compiled program: the last batch repeats its last window
       batch = {k: np.concatenate([v, np.repeat(v[-1:], missing, axis=0)]) for k, v in batch.items()}
-    return input_pipeline.normalise(batch, self.model.info.stats, self.modalities)
+    return input_pipeline.normalise(batch, stats, self.modalities)
 
 
 def predict_recording(workdir: str, audio: str, output: str, *, mocap: str | None = None,

@@ -54,6 +54,19 @@ class Corpus:
     """Recording id -> number of label frames, for one split."""
     return dict(self.metadata['recordings'][split])
 
+  def recording_stats(self, split: str) -> dict[str, dict[str, Any]]:
+    """Recording id -> its own statistics of the acoustic inputs (`features.recording_stats`),
+    for one split; what `model.recording_norm` standardises with."""
+    stored = self.metadata.get('recording_stats', {})
+    if split not in stored:
+      spec = self.spec or self.name
+      raise CorpusError(
+          f'{self.name} under {self.data_dir} has no per-recording statistics, which '
+          'model.recording_norm needs (datasets prepared before version 1.3.0 lack them); '
+          f'prepare it again: python -m launch.prepare --dataset={spec} '
+          f'--data_dir={self.data_dir}')
+    return stored[split]
+
   def is_labelled(self, split: str) -> bool:
     return split in self.metadata['labelled_splits']
 
@@ -164,9 +177,19 @@ class _CheckedSource:
           f'{self._folder} and prepare it again: {self._prepare}') from None
 
 
+def input_stats(corpus_stats: dict[str, Any], recording_stats: dict[str, Any] | None,
+                recording_norm: Sequence[str]) -> dict[str, Any]:
+  """The statistics one recording's inputs are normalised with: the training split's, except
+  for the `recording_norm` inputs, which use the recording's own (`features.recording_stats`)."""
+  if not recording_norm:
+    return corpus_stats
+  return {**corpus_stats, **{name: recording_stats[name] for name in recording_norm}}
+
+
 def normalise(example: dict[str, np.ndarray], stats: dict[str, Any],
               modalities: Sequence[str]) -> dict[str, np.ndarray]:
-  """Z-normalises the model inputs with training-split statistics; returns only `modalities`."""
+  """Z-normalises the model inputs with `stats` (the training split's, or `input_stats`);
+  returns only `modalities`."""
   out = {}
   for name in modalities:
     mean = np.asarray(stats[name]['mean'], np.float32)
@@ -178,11 +201,16 @@ def normalise(example: dict[str, np.ndarray], stats: dict[str, Any],
 class _TrainExample(grain.transforms.Map):
   """Selects the model's inputs and tasks from a stored window and normalises them."""
 
-  def __init__(self, stats, modalities, task_indices):
+  def __init__(self, stats, modalities, task_indices, recording_stats=None, recording_norm=()):
     self.stats, self.modalities, self.task_indices = stats, tuple(modalities), list(task_indices)
+    self.recording_stats, self.recording_norm = recording_stats, tuple(recording_norm)
 
   def map(self, example):
-    out = normalise(example, self.stats, self.modalities)
+    stats = self.stats
+    if self.recording_norm:
+      stats = input_stats(self.stats, self.recording_stats[_text(example['recording'])],
+                          self.recording_norm)
+    out = normalise(example, stats, self.modalities)
     out['labels'] = np.asarray(example['labels'], np.float32)[..., self.task_indices]
     out['mask'] = np.asarray(example['mask'], np.float32)
     return out
@@ -190,8 +218,9 @@ class _TrainExample(grain.transforms.Map):
 
 def train_dataset(corpus: Corpus, *, tasks: Sequence[str], modalities: Sequence[str],
                   global_batch: int, seed: int, process_index: int = 0,
-                  process_count: int = 1) -> grain.MapDataset:
-  """This process's batches of the shuffled, endlessly repeated training split."""
+                  process_count: int = 1, recording_norm: Sequence[str] = ()) -> grain.MapDataset:
+  """This process's batches of the shuffled, endlessly repeated training split (inputs
+  normalised per recording where `recording_norm` says)."""
   if global_batch % process_count:
     raise ValueError(f'global batch {global_batch} not divisible by {process_count} processes')
   local_batch = global_batch // process_count
@@ -202,7 +231,9 @@ def train_dataset(corpus: Corpus, *, tasks: Sequence[str], modalities: Sequence[
   dataset = (grain.MapDataset.source(source)
              .shuffle(seed=seed)  # before repeat: each epoch is shuffled anew
              .repeat()
-             .map(_TrainExample(corpus.stats, modalities, corpus.task_indices(tasks)))
+             .map(_TrainExample(corpus.stats, modalities, corpus.task_indices(tasks),
+                                corpus.recording_stats('train') if recording_norm else None,
+                                recording_norm))
              .batch(local_batch, drop_remainder=True))
   return dataset[process_index::process_count]
 
@@ -218,14 +249,16 @@ def train_iterator(dataset: grain.MapDataset, *, num_workers: int = 0,
 
 
 def iterate_split(corpus: Corpus, split: str, batch_size: int, modalities: Sequence[str],
-                  tasks: Sequence[str] | None = None):
-  """Every window of a split in storage order, in batches padded to `batch_size`.
+                  tasks: Sequence[str] | None = None, recording_norm: Sequence[str] = ()):
+  """Every window of a split in storage order, in batches padded to `batch_size`, normalised
+  per recording where `recording_norm` says.
 
   Yields `(inputs, info)`: normalised inputs (plus `labels`, `mask` when `tasks` is given), and
   `info` with `recording` (str per window), `start`, and `valid` (False for padding windows).
   """
   source = corpus.source(split)
   task_indices = None if tasks is None else corpus.task_indices(tasks)
+  per_recording = corpus.recording_stats(split) if recording_norm else None
   for begin in range(0, len(source), batch_size):
     indices = list(range(begin, min(begin + batch_size, len(source))))
     examples = [source[i] for i in indices]
@@ -233,7 +266,14 @@ def iterate_split(corpus: Corpus, split: str, batch_size: int, modalities: Seque
     examples += [examples[-1]] * (batch_size - len(examples))
     stacked = {key: np.stack([np.asarray(e[key]) for e in examples]) for key in
                list(modalities) + ['labels', 'mask', 'start']}
-    inputs = normalise(stacked, corpus.stats, modalities)
+    if per_recording is None:
+      inputs = normalise(stacked, corpus.stats, modalities)
+    else:  # window by window, each with its recording's statistics
+      rows = [normalise({name: stacked[name][i] for name in modalities},
+                        input_stats(corpus.stats, per_recording[_text(e['recording'])],
+                                    recording_norm), modalities)
+              for i, e in enumerate(examples)]
+      inputs = {name: np.stack([row[name] for row in rows]) for name in modalities}
     if task_indices is not None:
       inputs['labels'] = stacked['labels'][..., task_indices].astype(np.float32)
       inputs['mask'] = stacked['mask'].astype(np.float32)

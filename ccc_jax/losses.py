@@ -36,6 +36,20 @@ class Moments(NamedTuple):
   mse: jax.Array
 
 
+def delay_aligned(predictions: jax.Array, targets: jax.Array, mask: jax.Array,
+                  delay: int) -> tuple[jax.Array, jax.Array, jax.Array]:
+  """Output frame i against label frame i + `delay` (`model.label_delay`): the first
+  `T - delay` outputs, the last `T - delay` labels and their mask, all `[batch, T - delay, ...]`.
+  A window's first `delay` labels react to what happened before it, so they are never targets."""
+  if delay == 0:
+    return predictions, targets, mask
+  if not 0 < delay < predictions.shape[1]:
+    raise ValueError(f'label delay {delay} must be shorter than the window '
+                     f'({predictions.shape[1]} frames)')
+  length = predictions.shape[1] - delay
+  return predictions[:, :length], targets[:, delay:], mask[:, delay:]
+
+
 def _sum(x, axis_name):
   total = jnp.sum(x, axis=(0, 1))
   return total if axis_name is None else jax.lax.psum(total, axis_name)

@@ -14,7 +14,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import warnings
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -89,6 +89,13 @@ class RunningMoments:
   @property
   def std(self) -> np.ndarray:
     return np.sqrt(self.m2 / max(self.count, 1))
+
+  def to_json(self, min_std: float) -> dict[str, Any]:
+    """{'mean': ..., 'std': ...} as JSON-ready floats (lists for vector statistics); a
+    standard deviation below `min_std` (a constant input) is stored as 1, so that normalising
+    only centres it, never divides by ~0."""
+    std = np.where(self.std < min_std, 1.0, self.std)
+    return {'mean': np.asarray(self.mean).tolist(), 'std': np.asarray(std).tolist()}
 
 
 def concordance_cc_per_column(truth, prediction) -> np.ndarray:

@@ -20,3 +20,15 @@ def metric_table(table: dict[str, Any], tasks: Sequence[str],
   return markdown_table(['task', *columns],
                         [[row, *(f'{table[row][c]:.4f}' for c in columns)]
                          for row in list(tasks) + ['mean']])
+
+
+def held_out_table(check: dict[str, Any], tasks: Sequence[str]) -> str:
+  """Mean-free CCC (ccc_concat) per task of `evaluation.held_out_check`: dev and test, raw (the
+  seeds' ensemble) and post-processed (tuned on dev, applied unchanged to test)."""
+  columns = [('dev', 'ensemble_before'), ('dev', 'ensemble_after'),
+             ('test', 'ensemble_before'), ('test', 'ensemble_after')]
+  header = ['task', 'dev raw', 'dev post-processed (tuned here)', 'test raw',
+            'test post-processed (dev\'s, unchanged)']
+  return markdown_table(header, [[row, *(f"{check[split][table][row]['ccc_concat']:.4f}"
+                                         for split, table in columns)]
+                                 for row in list(tasks) + ['mean']])

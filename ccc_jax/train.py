@@ -35,6 +35,7 @@ from ccc_jax import input_pipeline
 from ccc_jax import losses
 from ccc_jax import models
 from ccc_jax import sharding
+from ccc_jax import windows
 from ccc_jax.config import (AugmentConfig, ModelConfig, ModelInfo, OptimizerConfig, RunConfig,
                             leaf_differences)
 from ccc_jax.errors import CheckpointError, Interrupted, OutputError, TrainingDiverged
@@ -128,11 +129,13 @@ def augment_audio(audio: jax.Array, keys: jax.Array, augment: AugmentConfig,
 
 
 def make_per_device_step(graphdef, optimizer: optax.GradientTransformation, loss_kind: str,
-                         task_weights, augment: AugmentConfig = AugmentConfig()) -> Callable:
+                         task_weights, augment: AugmentConfig = AugmentConfig(),
+                         label_delay: int = 0) -> Callable:
   """The train step for one device's shard of the batch, for every seed at once.
 
   `state` holds stacked seeds; `batch` arrays are `[seeds, per_device_batch, ...]`, with `seed`
-  and `example` from `identify_examples`.
+  and `example` from `identify_examples`. With `label_delay` d, output frame i is scored against
+  label frame i + d (`losses.delay_aligned`).
   """
 
   def one_seed(state: TrainState, batch):
@@ -144,8 +147,10 @@ def make_per_device_step(graphdef, optimizer: optax.GradientTransformation, loss
 
     def objective(params):
       predictions = apply_model(graphdef, params, batch, model_keys)
-      total, per_task = losses.loss(loss_kind, predictions, batch['labels'], batch['mask'],
-                                    task_weights, axis_name=sharding.DATA_AXIS)
+      predictions, labels, mask = losses.delay_aligned(predictions, batch['labels'],
+                                                       batch['mask'], label_delay)
+      total, per_task = losses.loss(loss_kind, predictions, labels, mask, task_weights,
+                                    axis_name=sharding.DATA_AXIS)
       return total, per_task
     (total, per_task), grads = jax.value_and_grad(objective, has_aux=True)(state.params)
     # Every device holds the same global loss; the mean of their gradients is the gradient of
@@ -166,16 +171,17 @@ def compiled_train_step(graphdef, config: RunConfig, parallel: sharding.DataPara
   test session) that share a model, optimiser and loss share one compiled program.
   """
   return _compiled_train_step(graphdef, config.optimizer, config.num_steps, config.loss,
-                              config.task_weights, config.augment, parallel)
+                              config.task_weights, config.augment, config.model.label_delay,
+                              parallel)
 
 
 @functools.lru_cache(maxsize=8)
 def _compiled_train_step(graphdef, optimizer: OptimizerConfig, num_steps: int, loss_kind: str,
-                         task_weights, augment: AugmentConfig,
+                         task_weights, augment: AugmentConfig, label_delay: int,
                          parallel: sharding.DataParallel) -> Callable:
   return parallel.run(
       make_per_device_step(graphdef, make_optimizer(optimizer, num_steps), loss_kind,
-                           task_weights, augment),
+                           task_weights, augment, label_delay),
       batch_axis=1, donate_argnums=(0,))
 
 
@@ -192,7 +198,7 @@ def seed_iterators(config, corpus: input_pipeline.Corpus) -> input_pipeline.Seed
     dataset = input_pipeline.train_dataset(
         corpus, tasks=config.tasks, modalities=config.model.modalities,
         global_batch=config.global_batch, seed=int(seed), process_index=jax.process_index(),
-        process_count=jax.process_count())
+        process_count=jax.process_count(), recording_norm=config.model.recording_norm_inputs)
     iterators.append(input_pipeline.train_iterator(
         dataset, num_workers=config.data_workers, prefetch=config.prefetch))
   return input_pipeline.SeedIterators(iterators)
@@ -308,6 +314,12 @@ def _train(config: RunConfig, workdir: str, corpus: input_pipeline.Corpus | None
   tasks = config.tasks
   # Unknown task names and modalities the corpus lacks fail here, with what the corpus has.
   info = corpus.model_info(tasks, config.model.modalities)
+  # So do a label delay longer than the windows' overlap and a corpus prepared without the
+  # per-recording statistics `recording_norm` needs, before any compiling.
+  windows.check_delay(config.model.label_delay, info.window, info.hop)
+  if config.model.recording_norm_inputs:
+    for split in corpus.sources:
+      corpus.recording_stats(split)
   parallel = sharding.DataParallel(sharding.make_mesh(), config.parallel)
   parallel.check_batch_size(config.global_batch)
 
@@ -457,9 +469,8 @@ def _check_finite(pending) -> dict[str, float]:
 def evaluate_dev(config: RunConfig, graphdef, params, corpus, tasks) -> dict[str, Any]:
   """The dev table of `evaluation.score_split`: the seeds' ensemble at the top level (what the
   best checkpoint is chosen by), each seed under `seeds`, their mean under `seed_mean`."""
-  predictions = evaluation.predict_split(graphdef, params, corpus, 'dev', config.model.modalities,
-                                         tasks, batch_size=config.eval_batch,
-                                         causal=config.model.causal)
+  predictions = evaluation.predict_split(graphdef, params, corpus, 'dev', config.model, tasks,
+                                         batch_size=config.eval_batch)
   return evaluation.score_split(predictions, tasks)
 
 

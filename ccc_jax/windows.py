@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from ccc_jax.errors import ConfigError
+
 
 def window_starts(num_frames: int, window: int, hop: int) -> np.ndarray:
   """Start frames of the windows that cover `num_frames` frames.
@@ -61,8 +63,21 @@ class OverlapAverage:
     self.total = np.zeros((num_frames,) + tuple(trailing_shape), np.float64)
     self.count = np.zeros((num_frames,), np.int64)
 
-  def add(self, start: int, value: np.ndarray) -> None:
+  def add(self, start: int, value: np.ndarray, delay: int = 0) -> None:
+    """Adds one window's values, its frame i at frame `start + i`.
+
+    With `delay` d (`model.label_delay`), `value` is a model's output whose frame i predicts
+    frame `start + i + d`: its first `T - d` frames are placed d frames later, and a window at the
+    recording's start holds its first output over the d frames no output predicts.
+    """
     start = int(start)
+    if delay:
+      if start == 0:
+        self._add(0, np.repeat(value[:1], delay, axis=0))
+      start, value = start + delay, value[:value.shape[0] - delay]
+    self._add(start, value)
+
+  def _add(self, start: int, value: np.ndarray) -> None:
     end = min(start + value.shape[0], self.num_frames)
     if end > start:
       self.total[start:end] += value[:end - start]
@@ -76,6 +91,16 @@ class OverlapAverage:
                        'no window')
     count = self.count.reshape((self.num_frames,) + (1,) * (self.total.ndim - 1))
     return (self.total / count).astype(dtype)
+
+
+def check_delay(delay: int, window: int, hop: int) -> None:
+  """A label delay leaves every frame predicted by some window only if it is at most the
+  windows' overlap (`window - hop`)."""
+  if delay > window - hop:
+    raise ConfigError(f'a label delay of {delay} frames exceeds the overlap of the windows '
+                     f'({window} frames every {hop}: {window - hop}), so some frames would be '
+                     'predicted by no window; lower model.label_delay or prepare the dataset '
+                     'with a smaller hop')
 
 
 def reassemble(starts: np.ndarray, values: np.ndarray, num_frames: int) -> np.ndarray:

@@ -50,11 +50,6 @@ DEFAULT_HOP = 50
 # Modalities every corpus writes, computed from its audio.
 AUDIO_MODALITIES = ('audio', 'logmel', 'egemaps')
 
-# Standard deviations below this are stored as 1: a constant feature (e.g. a marker never seen
-# in training) is then only centred by normalisation, never divided by ~0.
-_MIN_STD = 1e-6
-
-
 def _egemaps_context() -> multiprocessing.context.BaseContext:
   """Where the eGeMAPS workers come from: a fork server that has imported openSMILE.
 
@@ -100,8 +95,7 @@ class Recording:
 
 def _stats_json(moments: metrics.RunningMoments) -> dict[str, Any]:
   """{'mean': ..., 'std': ...} as JSON-ready floats (lists for vector statistics)."""
-  std = np.where(moments.std < _MIN_STD, 1.0, moments.std)
-  return {'mean': np.asarray(moments.mean).tolist(), 'std': np.asarray(std).tolist()}
+  return moments.to_json(min_std=features.MIN_STD)
 
 
 def require_finite(values: np.ndarray, path: str | os.PathLike, what: str) -> None:
@@ -160,11 +154,13 @@ class WindowedBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
   # live prediction computes the features a model was trained on. A new version, so that preparing
   # again writes a new folder instead of finding the old one complete; reading picks the newest
   # version prepared.
-  VERSION = tfds.core.Version('1.2.0')
+  VERSION = tfds.core.Version('1.3.0')
   RELEASE_NOTES = {'1.0.0': 'First release.',
                    '1.1.0': 'eGeMAPSv02 LLDs (`egemaps`) from the audio, for every corpus.',
                    '1.2.0': 'Causal features: log-mel windows end at their hop\'s end; mocap gaps '
-                            'hold the last sighting, velocity is a backward difference.'}
+                            'hold the last sighting, velocity is a backward difference.',
+                   '1.3.0': 'Per-recording statistics of the acoustic inputs (`recording_stats`), '
+                            'for `model.recording_norm`.'}
   TASKS: tuple[str, ...] = ()
   LABELLED_SPLITS: tuple[str, ...] = ('train', 'dev', 'test')
   # Processes computing eGeMAPS while the main process writes windows; None: one per CPU.
@@ -241,6 +237,7 @@ class WindowedBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
         'labelled_splits': [split for split in sources if split in self.LABELLED_SPLITS],
         'recordings': {split: {} for split in sources},
         'stats': {},
+        'recording_stats': {split: {} for split in sources},
     })
     self._frame_feature_widths: dict[str, int] = {}
     return {split: self._generate_examples(split, split_sources)
@@ -291,6 +288,8 @@ class WindowedBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
       logging.info('%s %d/%d %s: %.1f s, %d windows', split, index + 1, len(sources),
                    recording.recording_id, num_frames / features.LABEL_RATE, len(starts))
       self.info.metadata['recordings'][split][recording.recording_id] = num_frames
+      self.info.metadata['recording_stats'][split][recording.recording_id] = (
+          features.recording_stats({'audio': recording.audio, 'logmel': logmel}))
       for start in starts:
         start = int(start)
         mask = windows.frame_mask(num_frames, start, window)

@@ -23,6 +23,10 @@ _NUM_PROCESSES = flags.DEFINE_integer('num_processes', None, 'Multi-host: number
 _PROCESS_ID = flags.DEFINE_integer('process_id', None, 'Multi-host: this process index.')
 _DISTRIBUTED = flags.DEFINE_bool('distributed', False,
                                  'Multi-host with cluster auto-detection (TPU pods, SLURM, ...).')
+_HELD_OUT = flags.DEFINE_bool('held_out', True,
+                              'After training, when the corpus has test labels: tune '
+                              'post-processing on dev and apply it unchanged to test '
+                              '(launch.evaluate, both splits), and print both.')
 
 
 def main(argv):
@@ -57,6 +61,15 @@ def main(argv):
             f"({summary['train_seconds']:.0f} s in all)")
     print(f"dev CCC at the last step ({summary['step']}):\n")
     print(report.metric_table(summary['dev'], summary['tasks']))
+    # One process restores and predicts alone; with several, launch.evaluate does it after.
+    if _HELD_OUT.value and summary['best_step'] is not None and jax.process_count() == 1:
+      from ccc_jax import evaluation  # pylint: disable=g-import-not-at-top
+      with cli.one_line_errors('train'):
+        check = evaluation.held_out_check(_WORKDIR.value)
+      if check is not None:
+        print(f"\nbest checkpoint (step {check['dev']['step']}), concordance over all frames; "
+              'post-processing tuned on dev, applied unchanged to test:\n')
+        print(report.held_out_table(check, summary['tasks']))
 
 
 if __name__ == '__main__':

@@ -90,7 +90,7 @@ def test_prediction_of_raw_recording_equals_the_prepared_split(predictor, tiny_d
   model = predictor.model
   corpus = input_pipeline.open_corpus(model.config.dataset, str(tiny_data_dir))
   expected = evaluation.predict_split(model.graphdef, model.params, corpus, 'dev',
-                                      model.modalities, model.tasks,
+                                      model.config.model, model.tasks,
                                       batch_size=model.config.eval_batch)
   (recording, entry), = expected.items()
   audio, positions = _session(recording, corpus.recordings('dev')[recording])
@@ -121,7 +121,7 @@ def test_egemaps_prediction_of_raw_recording_equals_the_prepared_split(tiny_data
   its jitter and shimmer could differ (ccc_jax/egemaps.py)."""
   model, corpus = _untrained(tiny_data_dir, ('egemaps',))
   expected = evaluation.predict_split(model.graphdef, model.params, corpus, 'dev',
-                                      model.modalities, model.tasks, batch_size=4)
+                                      model.config.model, model.tasks, batch_size=4)
   (recording, entry), = expected.items()
   audio, _ = _session(recording, corpus.recordings('dev')[recording])
   got = inference.Predictor(model, batch_size=4).predict_seeds(audio, 16000)
@@ -137,7 +137,8 @@ def test_egemaps_of_a_batch_are_those_of_the_whole_recording(tiny_data_dir):
   recording = next(iter(corpus.recordings('dev')))
   audio, _ = _session(recording, 500)
   starts = np.array([200, 250, 300, 350, 400])
-  batch = inference.Predictor(model, batch_size=5)._window_batch(audio, None, starts, 500)
+  batch = inference.Predictor(model, batch_size=5)._window_batch(audio, None, starts, 500,
+                                                                 model.info.stats)
   lld = egemaps.egemaps_lld(audio, 500)
   prepared = np.stack([np.pad(lld[4 * s: 4 * s + 400], [(0, 400 - len(lld[4 * s: 4 * s + 400])),
                                                           (0, 0)]) for s in starts])

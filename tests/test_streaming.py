@@ -108,7 +108,7 @@ def test_split_prediction_equals_the_predictor_on_the_raw_recording(multimodal):
   the Predictor on the raw signals of the same recording."""
   model, corpus = multimodal
   expected = evaluation.predict_split(model.graphdef, model.params, corpus, 'dev',
-                                      model.modalities, model.tasks, batch_size=4, causal=True)
+                                      model.config.model, model.tasks, batch_size=4)
   (recording, entry), = expected.items()
   audio, positions = _session(recording, corpus.recordings('dev')[recording])
   got = inference.Predictor(model).predict_seeds(audio, 16000, positions, MOCAP_RATE)

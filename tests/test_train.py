@@ -170,6 +170,8 @@ def test_sigkill_at_any_moment_then_restart_reaches_the_same_parameters(tiny_wor
   finished = subprocess.run(command, cwd=REPO, env=_env(8), capture_output=True, text=True)
   assert finished.returncode == 0, f'{where}\n{finished.stderr[-3000:]}'
   assert 'resumed from' in finished.stdout, where
+  # The held-out check follows training: dev-tuned post-processing applied unchanged to test.
+  assert 'applied unchanged to test' in finished.stdout and '| mean |' in finished.stdout, where
   try:
     _assert_same_params(_params(workdir)[0], _params(tiny_workdir)[0], exact=True)
   except AssertionError as error:

@@ -20,8 +20,13 @@ Variant = tuple[Callable[[ml_collections.ConfigDict, str | None], None], str]
 
 
 def base_config() -> ml_collections.ConfigDict:
-  """The defaults of `RunConfig` as a ConfigDict (so `--config.FIELD=VALUE` overrides work)."""
-  return ml_collections.ConfigDict(dataclasses.asdict(run_config.RunConfig()))
+  """The defaults of `RunConfig` as a ConfigDict (so `--config.FIELD=VALUE` overrides work),
+  with what every corpus measured better with (BUILD_NOTES.md "Generalisation"): acoustic inputs
+  normalised per recording, and the raters' 2 s reaction delay learned in the loss."""
+  config = ml_collections.ConfigDict(dataclasses.asdict(run_config.RunConfig()))
+  config.model.recording_norm = ('audio', 'logmel')
+  config.model.label_delay = 50
+  return config
 
 
 def _needs(name: str, value: str | None, what: str) -> str:
@@ -88,7 +93,9 @@ VARIANTS: dict[str, Variant] = {
                      'eGeMAPS branch only'),
     'tcn': (_setter('tcn', **{'model.temporal': 'tcn'}),
             'dilated temporal convolutions instead of the bidirectional GRU'),
-    'causal': (_setter('causal', **{'model.causal': True, 'model.temporal': 'gru'}),
+    'causal': (_setter('causal', **{'model.causal': True, 'model.temporal': 'gru',
+                                    # what needs the whole recording or looks ahead: off
+                                    'model.recording_norm': (), 'model.label_delay': 0}),
                'causal model (sees only the past; unidirectional GRU): can be streamed live '
                'with launch.stream'),
     'pmap': (_setter('pmap', parallel='pmap'), 'literal jax.pmap train step'),

@@ -47,6 +47,9 @@ def _tiny(config, value):
   # config serves tests and smoke runs, where compiling is most of the time.
   if not config.model.causal:  # a causal model needs its forward-only GRU (`tiny,causal`)
     config.model.temporal = 'tcn'
+    # Covered by every test of the tiny run (a causal model cannot use them).
+    config.model.recording_norm = ('audio', 'logmel')
+    config.model.label_delay = 3
   config.model.gru_hidden = 16
   config.model.head_hidden = 8
   # Every random draw of training on, so that the exactness tests (resume after SIGKILL, two
