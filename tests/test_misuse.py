@@ -220,7 +220,7 @@ def test_leftovers_of_a_killed_prepare_are_removed(tmp_path, tiny_data_dir):
   dead.mkdir(exist_ok=True)
   prepare.prepare_dataset('synthetic_avd:tiny', str(data_dir))
   assert not leftover.exists() and not dead.exists()
-  assert sorted(os.listdir(data_dir / 'synthetic_avd' / 'tiny')) == ['1.2.0']
+  assert sorted(os.listdir(data_dir / 'synthetic_avd' / 'tiny')) == ['1.3.0']
 
 
 # ---------------------------------------------------------------------------------------------
@@ -308,7 +308,8 @@ def test_full_disk_in_prepare_leaves_no_dataset(tmp_path, capsys, monkeypatch):
   from datasets import common  # pylint: disable=g-import-not-at-top
   def full_disk(*args, **kwargs):
     raise OSError(errno.ENOSPC, 'No space left on device')
-  monkeypatch.setattr(common.features, 'log_mel', full_disk)  # the first write of a window
+  # The first write of a shard (the worker processes have written every recording's windows).
+  monkeypatch.setattr(common.tfds_writer.ExampleWriter, 'write', full_disk)
   data_dir = tmp_path / 'data'
   _one_line(capsys, Case('prepare', _prepare('synthetic_avd:tiny', data_dir),
                          ('no space left on the device', 'cannot write the prepared dataset'),
@@ -352,7 +353,7 @@ def test_unknown_config_field_or_variant_is_one_line(tmp_path, flag, expected):
 def test_a_damaged_prepared_shard_is_named(workdir, tiny_data_dir, tmp_path, capsys):
   damaged = tmp_path / 'damaged_data'
   shutil.copytree(tiny_data_dir, damaged)
-  shard = next((damaged / 'synthetic_avd' / 'tiny' / '1.2.0').glob('*-dev.array_record-*'))
+  shard = next((damaged / 'synthetic_avd' / 'tiny' / '1.3.0').glob('*-dev.array_record-*'))
   data = bytearray(shard.read_bytes())
   data[100_000:200_000] = b'\x5a' * 100_000
   shard.write_bytes(bytes(data))
