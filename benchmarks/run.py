@@ -57,6 +57,8 @@ _SUITE = flags.DEFINE_enum('suite', 'all', ['all', 'prepare'], 'all: the table b
 _REFERENCE = flags.DEFINE_string(
     'reference', None, '--suite=prepare: a folder of the large corpus prepared by an earlier '
     'version (e.g. .../synthetic_avd/<config>/1.2.0), compared window by window.')
+_LARGE = flags.DEFINE_bool('large', True, '--suite=prepare: also the memory-capped large corpus.')
+_TABLE = flags.DEFINE_bool('table', True, '--suite=prepare: the speed table (corpora x workers).')
 _KEEP = flags.DEFINE_string('keep', None, '--suite=prepare: prepare the large corpus here and '
                             'keep it (default: a temporary folder).')
 
@@ -101,51 +103,65 @@ CREATIVEIT_MARKERS, CREATIVEIT_MOCAP_RATE, CREATIVEIT_AUDIO_RATE = 45, 120.0, 48
 # training audio, 1.2 GB in float32 (dataset version 1.2.0), over TFDS's 1 GB buffer.
 LARGE_SPEC = ('synthetic_avd:num_speakers=15,dev_speakers=2,test_speakers=2,'
               'sessions_per_speaker=1,session_seconds={seconds:g}')
-MEMORY_CAP_BYTES = 3 * 1024 ** 3  # per process (RLIMIT_AS: virtual memory, not resident)
+MEMORY_CAP_BYTES = 3_500_000_000  # per process (RLIMIT_AS: virtual memory, not resident)
 
 
-def measure_prepare(quick: bool, reference: str | None, keep: str | None,
-                    log=print) -> dict[str, Any]:
+def measure_prepare(quick: bool, reference: str | None, keep: str | None, table: bool = True,
+                    large: bool = True, log=print) -> dict[str, Any]:
   """The `--suite=prepare` measurements."""
-  from tests import fixtures  # pylint: disable=g-import-not-at-top
   sizes = PREPARE_SIZES['quick' if quick else 'full']
   started, load_before = time.perf_counter(), os.getloadavg()
   results: dict[str, Any] = {'mode': 'quick' if quick else 'full', 'sizes': sizes, 'runs': {}}
   work = tempfile.mkdtemp(prefix='ccc_jax_bench_prepare_')
   try:
-    log(f'[{time.perf_counter() - started:6.0f} s] writing the CreativeIT-layout corpus ...')
-    manual_dir = os.path.join(work, 'creativeit')
-    fixtures.write_creativeit(
-        manual_dir, actors_by_performance={('s1', 'p1'): ('a1', 'a2'), ('s1', 'p2'): ('a3', 'a4'),
-                                           ('s2', 'p1'): ('a5', 'a6')},
-        seconds=sizes['recording_s'], audio_rate=CREATIVEIT_AUDIO_RATE,
-        mocap_rate=CREATIVEIT_MOCAP_RATE, markers=fixtures.creativeit_markers(CREATIVEIT_MARKERS))
-    corpora = {
-        'synthetic': {'name': ('synthetic_avd:num_speakers=6,dev_speakers=1,test_speakers=1,'
-                               f"sessions_per_speaker=1,session_seconds={sizes['recording_s']:g}")},
-        'creativeit': {'name': 'creativeit', 'manual_dir': manual_dir},
-    }
-    for repeat in range(sizes['repeats']):
-      for workers in PREPARE_WORKERS:
-        for corpus, args in corpora.items():
-          key = f'{corpus}_{workers}_{repeat}'
-          log(f'[{time.perf_counter() - started:6.0f} s] prepare {key} ...')
-          results['runs'][key] = common.run_stage('prepare', {**args, 'workers': workers})
-    large = os.path.join(keep or work, 'large')
-    log(f'[{time.perf_counter() - started:6.0f} s] prepare the large corpus under a '
-        f'{MEMORY_CAP_BYTES / 1024 ** 3:.0f} GB cap ...')
-    results['large'] = common.run_stage(
-        'prepare', {'name': LARGE_SPEC.format(seconds=sizes['large_s']), 'data_dir': large},
-        address_space_bytes=MEMORY_CAP_BYTES)
-    if reference:
-      log(f'[{time.perf_counter() - started:6.0f} s] compare with {reference} ...')
-      results['compare'] = common.run_stage('compare', {'reference': reference,
-                                                        'folder': results['large']['path']})
+    if table:
+      _prepare_table(sizes, work, results['runs'], lambda m: log(
+          f'[{time.perf_counter() - started:6.0f} s] {m}'))
+    if large:
+      _prepare_large(sizes, reference, keep or work, results, lambda m: log(
+          f'[{time.perf_counter() - started:6.0f} s] {m}'))
   finally:
     shutil.rmtree(work, ignore_errors=True)
   results['seconds'] = time.perf_counter() - started
   results['load_average'] = {'before': load_before[0], 'after': os.getloadavg()[0]}
   return results
+
+
+def _prepare_table(sizes, work: str, runs: dict[str, Any], log) -> None:
+  """Both corpora with 1 and 2 workers, alternated."""
+  from tests import fixtures  # pylint: disable=g-import-not-at-top
+  log('writing the CreativeIT-layout corpus ...')
+  manual_dir = os.path.join(work, 'creativeit')
+  fixtures.write_creativeit(
+      manual_dir, actors_by_performance={('s1', 'p1'): ('a1', 'a2'), ('s1', 'p2'): ('a3', 'a4'),
+                                         ('s2', 'p1'): ('a5', 'a6')},
+      seconds=sizes['recording_s'], audio_rate=CREATIVEIT_AUDIO_RATE,
+      mocap_rate=CREATIVEIT_MOCAP_RATE, markers=fixtures.creativeit_markers(CREATIVEIT_MARKERS))
+  corpora = {
+      'synthetic': {'name': ('synthetic_avd:num_speakers=6,dev_speakers=1,test_speakers=1,'
+                             f"sessions_per_speaker=1,session_seconds={sizes['recording_s']:g}")},
+      'creativeit': {'name': 'creativeit', 'manual_dir': manual_dir},
+  }
+  for repeat in range(sizes['repeats']):
+    for workers in PREPARE_WORKERS:
+      for corpus, args in corpora.items():
+        key = f'{corpus}_{workers}_{repeat}'
+        log(f'prepare {key} ...')
+        runs[key] = common.run_stage('prepare', {**args, 'workers': workers})
+
+
+def _prepare_large(sizes, reference: str | None, folder: str, results: dict[str, Any],
+                   log) -> None:
+  """The large corpus under the memory cap, and its comparison with `reference`."""
+  log(f'prepare the large corpus under a {MEMORY_CAP_BYTES / 1e9:.1f} GB cap ...')
+  results['large'] = common.run_stage(
+      'prepare', {'name': LARGE_SPEC.format(seconds=sizes['large_s']),
+                  'data_dir': os.path.join(folder, 'large')},
+      address_space_bytes=MEMORY_CAP_BYTES)
+  if reference:
+    log(f'compare with {reference} ...')
+    results['compare'] = common.run_stage('compare', {'reference': reference,
+                                                      'folder': results['large']['path']})
 
 
 def format_prepare_table(results: dict[str, Any]) -> str:
@@ -154,32 +170,34 @@ def format_prepare_table(results: dict[str, Any]) -> str:
   lines = [f"ccc-jax preparation ({results['mode']}): {os.cpu_count()} host CPUs; took "
            f"{results['seconds']:.0f} s; load average {results['load_average']['before']:.1f} "
            f"before, {results['load_average']['after']:.1f} after", '']
-  rows = []
-  per_hour = {}
-  for corpus in ('synthetic', 'creativeit'):
-    for workers in PREPARE_WORKERS:
-      group = [r for key, r in runs.items() if key.startswith(f'{corpus}_{workers}_')]
-      per_hour[corpus, workers] = common.median([r['seconds_per_hour'] for r in group])
-      first = group[0]
-      rows.append((corpus, f"{first['hours'] * 60:.0f} min", str(workers),
-                   ', '.join(f"{r['seconds_per_hour']:.1f}" for r in group),
-                   f'{per_hour[corpus, workers]:.1f}',
-                   f"{per_hour[corpus, 1] / per_hour[corpus, workers]:.2f}x",
-                   f"{first['bytes'] / 1e6:.0f}",
-                   f"{max(r['host_peak_mib'] for r in group):.0f} / "
-                   f"{max(r['host_tree_peak_mib'] for r in group):.0f}"))
-  lines.append(_columns(('corpus', 'audio', 'workers', 's per hour of audio (runs)', 'median',
-                         'speed-up', 'MB written', 'peak MiB (process / tree)'), rows))
-  ratio = {w: per_hour['creativeit', w] / per_hour['synthetic', w] for w in PREPARE_WORKERS}
-  lines += ['', 'CreativeIT layout against synthetic, s per hour of audio: ' +
-            ', '.join(f'{ratio[w]:.2f}x with {w} worker(s)' for w in PREPARE_WORKERS)]
-  large = results['large']
-  lines += ['', f"large corpus {large['name']} under RLIMIT_AS = "
-            f"{MEMORY_CAP_BYTES / 1024 ** 3:.0f} GB per process: {large['hours']:.2f} h, train "
-            f"split {large['train_bytes'] / 1e9:.2f} GB, {large['bytes'] / 1e9:.2f} GB in all, "
-            f"{large['seconds']:.0f} s ({large['seconds_per_hour']:.1f} s per hour of audio), "
-            f"peak resident {large['host_peak_mib']:.0f} MiB (largest process), "
-            f"{large['host_tree_peak_mib']:.0f} MiB (process tree, sampled)"]
+  if runs:
+    rows = []
+    per_hour = {}
+    for corpus in ('synthetic', 'creativeit'):
+      for workers in PREPARE_WORKERS:
+        group = [r for key, r in runs.items() if key.startswith(f'{corpus}_{workers}_')]
+        per_hour[corpus, workers] = common.median([r['seconds_per_hour'] for r in group])
+        first = group[0]
+        rows.append((corpus, f"{first['hours'] * 60:.0f} min", str(workers),
+                     ', '.join(f"{r['seconds_per_hour']:.1f}" for r in group),
+                     f'{per_hour[corpus, workers]:.1f}',
+                     f"{per_hour[corpus, 1] / per_hour[corpus, workers]:.2f}x",
+                     f"{first['bytes'] / 1e6:.0f}",
+                     f"{max(r['host_peak_mib'] for r in group):.0f} / "
+                     f"{max(r['host_tree_peak_mib'] for r in group):.0f}"))
+    lines.append(_columns(('corpus', 'audio', 'workers', 's per hour of audio (runs)', 'median',
+                           'speed-up', 'MB written', 'peak MiB (process / tree)'), rows))
+    ratio = {w: per_hour['creativeit', w] / per_hour['synthetic', w] for w in PREPARE_WORKERS}
+    lines += ['', 'CreativeIT layout against synthetic, s per hour of audio: ' +
+              ', '.join(f'{ratio[w]:.2f}x with {w} worker(s)' for w in PREPARE_WORKERS)]
+  if 'large' in results:
+    large = results['large']
+    lines += ['', f"large corpus {large['name']} under RLIMIT_AS = "
+              f"{MEMORY_CAP_BYTES / 1e9:.1f} GB per process: {large['hours']:.2f} h, train "
+              f"split {large['train_bytes'] / 1e9:.2f} GB, {large['bytes'] / 1e9:.2f} GB in all, "
+              f"{large['seconds']:.0f} s ({large['seconds_per_hour']:.1f} s per hour of audio), "
+              f"peak resident {large['host_peak_mib']:.0f} MiB (largest process), "
+              f"{large['host_tree_peak_mib']:.0f} MiB (process tree, sampled)"]
   if 'compare' in results:
     c = results['compare']
     lines += [f"against the reference: {c['windows']} windows, same splits "
@@ -415,7 +433,8 @@ def main(argv):
   log = lambda m: print(m, file=sys.stderr)
   try:
     if _SUITE.value == 'prepare':
-      results = measure_prepare(_QUICK.value, _REFERENCE.value, _KEEP.value, log=log)
+      results = measure_prepare(_QUICK.value, _REFERENCE.value, _KEEP.value, _TABLE.value,
+                                _LARGE.value, log=log)
     else:
       results = measure(_QUICK.value, _DATA_DIR.value, log=log)
   except common.StageFailed as error:
