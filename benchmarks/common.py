@@ -11,8 +11,10 @@ together (sampled, so a short peak can be missed).
 
 from __future__ import annotations
 
+import functools
 import json
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -82,7 +84,8 @@ def tree_rss_bytes(pid: int) -> int:
 
 
 def run_stage(stage: str, args: dict[str, Any], *, cpu_devices: int | None = None,
-              timeout_s: float = 3600) -> dict[str, Any]:
+              timeout_s: float = 3600, address_space_bytes: int | None = None,
+              ) -> dict[str, Any]:
   """Runs one measurement in a fresh `python -m benchmarks.stages --stage=...` process.
 
   Args:
@@ -91,6 +94,9 @@ def run_stage(stage: str, args: dict[str, Any], *, cpu_devices: int | None = Non
     cpu_devices: if set, the process sees this many fake CPU devices
       (`--xla_force_host_platform_device_count`); only meaningful on the CPU backend.
     timeout_s: the subprocess is killed after this long.
+    address_space_bytes: if set, a memory cap: the subprocess and every process it starts get
+      this RLIMIT_AS (virtual memory per process, as `prlimit --as` sets it); an allocation
+      past it fails.
 
   Returns:
     The stage's JSON result, plus `host_peak_mib` (ru_maxrss of the largest process of the
@@ -115,7 +121,11 @@ def run_stage(stage: str, args: dict[str, Any], *, cpu_devices: int | None = Non
                f'--args={json.dumps(args)}', f'--output={result_path}']
     start = time.perf_counter()
     with open(log_path, 'w') as log:
-      process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
+      process = subprocess.Popen(
+          command, stdout=log, stderr=subprocess.STDOUT, env=env,
+          preexec_fn=None if address_space_bytes is None else functools.partial(
+              resource.setrlimit, resource.RLIMIT_AS,
+              (address_space_bytes, address_space_bytes)))
     peak_tree = 0
     stop = threading.Event()
 

@@ -2,6 +2,15 @@ r"""The benchmark table: preparation, input pipeline, train step, scaling, FLOPs
 
     python -m benchmarks.run --quick                       # a few minutes on a 2-core CPU
     python -m benchmarks.run --data_dir=data --output=results.json
+    python -m benchmarks.run --suite=prepare [--quick]     # preparation alone (below)
+
+`--suite=prepare` times preparation per hour of audio on two corpora of the same length, the
+synthetic one and a CreativeIT-layout one (48 kHz audio, 45 markers at 120 Hz, written by the
+test fixture writer), with 1 and 2 worker processes, alternated, with the bytes written and
+peak memory; then, under a memory cap (RLIMIT_AS per process), a synthetic corpus whose train
+split is larger than that cap and than TFDS's in-memory writer buffer (1 GB; past it TFDS spills
+through TensorFlow); with `--reference=FOLDER` (the same corpus prepared by an earlier version)
+it compares the two window by window.
 
 Owns which measurements make the table, their sizes (`--quick` or full), the figures derived
 from them (pipeline-to-step ratio, achieved FLOP/s against the measured matmul rate, speed-up
@@ -43,6 +52,15 @@ _DATA_DIR = flags.DEFINE_string(
     'data_dir', 'data', 'Where synthetic_avd/default is prepared (prepared into a temporary '
     'folder if it is not there).')
 _OUTPUT = flags.DEFINE_string('output', None, 'Also write every measurement to this JSON file.')
+_SUITE = flags.DEFINE_enum('suite', 'all', ['all', 'prepare'], 'all: the table below; prepare: '
+                           'preparation speed, workers, size and a memory-capped large corpus.')
+_REFERENCE = flags.DEFINE_string(
+    'reference', None, '--suite=prepare: a folder of the large corpus prepared by an earlier '
+    'version (e.g. .../synthetic_avd/<config>/1.2.0), compared window by window.')
+_LARGE = flags.DEFINE_bool('large', True, '--suite=prepare: also the memory-capped large corpus.')
+_TABLE = flags.DEFINE_bool('table', True, '--suite=prepare: the speed table (corpora x workers).')
+_KEEP = flags.DEFINE_string('keep', None, '--suite=prepare: prepare the large corpus here and '
+                            'keep it (default: a temporary folder).')
 
 DATASET = 'synthetic_avd/default'  # launch/configs/synthetic.py's default
 SEEDS = 3  # as in the experiment grid
@@ -50,8 +68,6 @@ PIPELINE_WORKERS = (0, 1, 2)
 CPU_DEVICE_COUNTS = (1, 2, 4, 8)
 
 # Sizes of each measurement. Full: enough repeats that the medians settle on a shared machine.
-# (A larger synthetic corpus is not an option without TensorFlow: TFDS spills a split of more
-# than 1 GB to disk through tf.io.gfile while shuffling.)
 SIZES = {
     'quick': dict(prepare_repeats=1, matmul_repeats=5, batches=4, check_steps=3, steps=5,
                   loop_steps=6, pipeline_batches=30, parts_repeats=5, inference_seconds=600,
@@ -76,6 +92,120 @@ def device_counts(backend: str, device_count: int, global_batch: int) -> list[in
 
 def is_prepared(data_dir: str, name: str) -> bool:
   return bool(glob.glob(os.path.join(data_dir, name, '*', 'dataset_info.json')))
+
+
+# --suite=prepare. The two corpora last the same: 6 recordings of `recording_s` each.
+PREPARE_WORKERS = (1, 2)
+PREPARE_SIZES = {'quick': dict(recording_s=60.0, repeats=1, large_s=600.0),
+                 'full': dict(recording_s=300.0, repeats=2, large_s=600.0)}
+CREATIVEIT_MARKERS, CREATIVEIT_MOCAP_RATE, CREATIVEIT_AUDIO_RATE = 45, 120.0, 48000
+# Large: 15 speakers (11 train, 2 dev, 2 test), one session of `large_s` each: 1.8 h of
+# training audio, 1.2 GB in float32 (dataset version 1.2.0), over TFDS's 1 GB buffer.
+LARGE_SPEC = ('synthetic_avd:num_speakers=15,dev_speakers=2,test_speakers=2,'
+              'sessions_per_speaker=1,session_seconds={seconds:g}')
+MEMORY_CAP_BYTES = 3_500_000_000  # per process (RLIMIT_AS: virtual memory, not resident)
+
+
+def measure_prepare(quick: bool, reference: str | None, keep: str | None, table: bool = True,
+                    large: bool = True, log=print) -> dict[str, Any]:
+  """The `--suite=prepare` measurements."""
+  sizes = PREPARE_SIZES['quick' if quick else 'full']
+  started, load_before = time.perf_counter(), os.getloadavg()
+  results: dict[str, Any] = {'mode': 'quick' if quick else 'full', 'sizes': sizes, 'runs': {}}
+  work = tempfile.mkdtemp(prefix='ccc_jax_bench_prepare_')
+  try:
+    if table:
+      _prepare_table(sizes, work, results['runs'], lambda m: log(
+          f'[{time.perf_counter() - started:6.0f} s] {m}'))
+    if large:
+      _prepare_large(sizes, reference, keep or work, results, lambda m: log(
+          f'[{time.perf_counter() - started:6.0f} s] {m}'))
+  finally:
+    shutil.rmtree(work, ignore_errors=True)
+  results['seconds'] = time.perf_counter() - started
+  results['load_average'] = {'before': load_before[0], 'after': os.getloadavg()[0]}
+  return results
+
+
+def _prepare_table(sizes, work: str, runs: dict[str, Any], log) -> None:
+  """Both corpora with 1 and 2 workers, alternated."""
+  from tests import fixtures  # pylint: disable=g-import-not-at-top
+  log('writing the CreativeIT-layout corpus ...')
+  manual_dir = os.path.join(work, 'creativeit')
+  fixtures.write_creativeit(
+      manual_dir, actors_by_performance={('s1', 'p1'): ('a1', 'a2'), ('s1', 'p2'): ('a3', 'a4'),
+                                         ('s2', 'p1'): ('a5', 'a6')},
+      seconds=sizes['recording_s'], audio_rate=CREATIVEIT_AUDIO_RATE,
+      mocap_rate=CREATIVEIT_MOCAP_RATE, markers=fixtures.creativeit_markers(CREATIVEIT_MARKERS))
+  corpora = {
+      'synthetic': {'name': ('synthetic_avd:num_speakers=6,dev_speakers=1,test_speakers=1,'
+                             f"sessions_per_speaker=1,session_seconds={sizes['recording_s']:g}")},
+      'creativeit': {'name': 'creativeit', 'manual_dir': manual_dir},
+  }
+  for repeat in range(sizes['repeats']):
+    for workers in PREPARE_WORKERS:
+      for corpus, args in corpora.items():
+        key = f'{corpus}_{workers}_{repeat}'
+        log(f'prepare {key} ...')
+        runs[key] = common.run_stage('prepare', {**args, 'workers': workers})
+
+
+def _prepare_large(sizes, reference: str | None, folder: str, results: dict[str, Any],
+                   log) -> None:
+  """The large corpus under the memory cap, and its comparison with `reference`."""
+  log(f'prepare the large corpus under a {MEMORY_CAP_BYTES / 1e9:.1f} GB cap ...')
+  results['large'] = common.run_stage(
+      'prepare', {'name': LARGE_SPEC.format(seconds=sizes['large_s']),
+                  'data_dir': os.path.join(folder, 'large')},
+      address_space_bytes=MEMORY_CAP_BYTES)
+  if reference:
+    log(f'compare with {reference} ...')
+    results['compare'] = common.run_stage('compare', {'reference': reference,
+                                                      'folder': results['large']['path']})
+
+
+def format_prepare_table(results: dict[str, Any]) -> str:
+  """The `--suite=prepare` table."""
+  runs = results['runs']
+  lines = [f"ccc-jax preparation ({results['mode']}): {os.cpu_count()} host CPUs; took "
+           f"{results['seconds']:.0f} s; load average {results['load_average']['before']:.1f} "
+           f"before, {results['load_average']['after']:.1f} after", '']
+  if runs:
+    rows = []
+    per_hour = {}
+    for corpus in ('synthetic', 'creativeit'):
+      for workers in PREPARE_WORKERS:
+        group = [r for key, r in runs.items() if key.startswith(f'{corpus}_{workers}_')]
+        per_hour[corpus, workers] = common.median([r['seconds_per_hour'] for r in group])
+        first = group[0]
+        rows.append((corpus, f"{first['hours'] * 60:.0f} min", str(workers),
+                     ', '.join(f"{r['seconds_per_hour']:.1f}" for r in group),
+                     f'{per_hour[corpus, workers]:.1f}',
+                     f"{per_hour[corpus, 1] / per_hour[corpus, workers]:.2f}x",
+                     f"{first['bytes'] / 1e6:.0f}",
+                     f"{max(r['host_peak_mib'] for r in group):.0f} / "
+                     f"{max(r['host_tree_peak_mib'] for r in group):.0f}"))
+    lines.append(_columns(('corpus', 'audio', 'workers', 's per hour of audio (runs)', 'median',
+                           'speed-up', 'MB written', 'peak MiB (process / tree)'), rows))
+    ratio = {w: per_hour['creativeit', w] / per_hour['synthetic', w] for w in PREPARE_WORKERS}
+    lines += ['', 'CreativeIT layout against synthetic, s per hour of audio: ' +
+              ', '.join(f'{ratio[w]:.2f}x with {w} worker(s)' for w in PREPARE_WORKERS)]
+  if 'large' in results:
+    large = results['large']
+    lines += ['', f"large corpus {large['name']} under RLIMIT_AS = "
+              f"{MEMORY_CAP_BYTES / 1e9:.1f} GB per process: {large['hours']:.2f} h, train "
+              f"split {large['train_bytes'] / 1e9:.2f} GB, {large['bytes'] / 1e9:.2f} GB in all, "
+              f"{large['seconds']:.0f} s ({large['seconds_per_hour']:.1f} s per hour of audio), "
+              f"peak resident {large['host_peak_mib']:.0f} MiB (largest process), "
+              f"{large['host_tree_peak_mib']:.0f} MiB (process tree, sampled)"]
+  if 'compare' in results:
+    c = results['compare']
+    lines += [f"against the reference: {c['windows']} windows, same splits "
+              f"{c['splits_equal']}, same order {c['order_equal']}, largest differences "
+              + ', '.join(f'{k} {v:.3g}' for k, v in sorted(c['largest_difference'].items()))
+              + f"; statistics {c['stats_largest_difference']:.3g}; rest of the metadata equal "
+              f"{c['metadata_equal_but_stats']}"]
+  return '\n'.join(lines)
 
 
 def measure(quick: bool, data_dir: str, log=print) -> dict[str, Any]:
@@ -300,12 +430,17 @@ def _columns(header, rows) -> str:
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
+  log = lambda m: print(m, file=sys.stderr)
   try:
-    results = measure(_QUICK.value, _DATA_DIR.value, log=lambda m: print(m, file=sys.stderr))
+    if _SUITE.value == 'prepare':
+      results = measure_prepare(_QUICK.value, _REFERENCE.value, _KEEP.value, _TABLE.value,
+                                _LARGE.value, log=log)
+    else:
+      results = measure(_QUICK.value, _DATA_DIR.value, log=log)
   except common.StageFailed as error:
     print(f'benchmarks: {error}', file=sys.stderr)
     sys.exit(1)
-  print(format_table(results))
+  print(format_prepare_table(results) if _SUITE.value == 'prepare' else format_table(results))
   if _OUTPUT.value:
     with open(_OUTPUT.value, 'w') as f:
       json.dump(results, f, indent=2)

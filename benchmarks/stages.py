@@ -5,7 +5,10 @@ Owns what is timed and how, always through the project's own code paths:
 - `info`: backend, devices, versions, the default config's global batch.
 - `matmul`: the backend's measured float32 matmul rate (a large jitted `jnp.dot`), the
   reference peak for the model's achieved FLOP/s.
-- `prepare`: `launch.prepare.prepare_dataset` of a synthetic_avd config, in a fresh folder.
+- `prepare`: `launch.prepare.prepare_dataset` of a dataset spec (any corpus, any number of
+  workers), in a fresh folder; the bytes written.
+- `compare`: a prepared dataset window by window against a reference preparation of the same
+  corpus (an earlier version's): order, features, statistics.
 - `train`: the trainer's step (`train.create_state`, `train.make_per_device_step` run through
   `sharding.DataParallel`, batches from `train.seed_iterators`) on the first `devices` devices:
   compile time apart, then step time on batches already on the devices; the losses of the first
@@ -93,18 +96,66 @@ def matmul(args) -> dict[str, Any]:
 
 
 def prepare(args) -> dict[str, Any]:
-  """`launch.prepare.prepare_dataset` into `args['data_dir']` (or a temporary folder, removed
-  afterwards)."""
+  """`launch.prepare.prepare_dataset` of `args['name']` (a dataset spec; `manual_dir`, `workers`
+  optional) into `args['data_dir']` (or a temporary folder, removed afterwards), with the bytes
+  it wrote."""
   from datasets import prepare as prepare_lib  # pylint: disable=g-import-not-at-top
   data_dir = args.get('data_dir') or tempfile.mkdtemp(prefix='ccc_jax_bench_prepare_')
   try:
-    summary = prepare_lib.prepare_dataset(args['name'], data_dir)
+    summary = prepare_lib.prepare_dataset(args['name'], data_dir, args.get('manual_dir'),
+                                          workers=args.get('workers'))
+    sizes = {name: os.path.getsize(os.path.join(summary.path, name))
+             for name in os.listdir(summary.path)}
   finally:
     if not args.get('data_dir'):
       shutil.rmtree(data_dir, ignore_errors=True)
   return {'name': summary.name, 'seconds': summary.seconds, 'hours': summary.hours,
           'seconds_per_hour': summary.seconds / summary.hours,
-          'windows': sum(split['windows'] for split in summary.splits.values())}
+          'windows': sum(split['windows'] for split in summary.splits.values()),
+          'bytes': sum(sizes.values()),
+          'train_bytes': sum(size for name, size in sizes.items() if '-train.' in name),
+          'path': summary.path}
+
+
+def compare_prepared(args) -> dict[str, Any]:
+  """Window by window, a prepared dataset folder (`args['folder']`) against a reference folder
+  of the same corpus (`args['reference']`, e.g. prepared by an earlier version, with float32
+  audio): the same splits, windows in the same order, every feature equal (audio after
+  `input_pipeline.decode_audio`: the largest difference), the same metadata and statistics.
+  Both are read with TFDS's code-free reader (`tfds.builder_from_directory`), one window at a
+  time."""
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  builders = [tfds.builder_from_directory(args[key]) for key in ('reference', 'folder')]
+  reference, prepared = [b.info.metadata for b in builders]
+  stats_difference = max(
+      float(np.max(np.abs(np.asarray(reference['stats'][name][moment]) -
+                          np.asarray(prepared['stats'][name][moment]))))
+      for name in reference['stats'] for moment in ('mean', 'std'))
+  other_metadata_equal = ({k: v for k, v in reference.items() if k != 'stats'} ==
+                          {k: v for k, v in prepared.items() if k != 'stats'})
+  sources = [b.as_data_source() for b in builders]
+  splits = sorted(sources[0])
+  result = {'splits_equal': splits == sorted(sources[1]), 'order_equal': True, 'windows': 0,
+            'largest_difference': {}, 'stats_largest_difference': stats_difference,
+            'metadata_equal_but_stats': other_metadata_equal}
+  for split in splits:
+    old, new = sources[0][split], sources[1][split]
+    if len(old) != len(new):
+      result['order_equal'] = False
+      continue
+    for index in range(len(old)):
+      a, b = old[index], new[index]
+      if (a['recording'], a['start']) != (b['recording'], b['start']):
+        result['order_equal'] = False
+      for name in a:
+        if name in ('recording', 'start'):
+          continue
+        value = input_pipeline.decode_audio(b[name]) if name == 'audio' else b[name]
+        difference = float(np.max(np.abs(np.asarray(a[name], np.float64) - value)))
+        result['largest_difference'][name] = max(result['largest_difference'].get(name, 0.0),
+                                                 difference)
+      result['windows'] += 1
+  return result
 
 
 def train_step(args) -> dict[str, Any]:
@@ -352,7 +403,8 @@ def inference(args) -> dict[str, Any]:
           'device_peak_mib': common.device_peak_mib(jax.devices()[0])}
 
 
-STAGES = {'info': info, 'matmul': matmul, 'prepare': prepare, 'train': train_step,
+STAGES = {'info': info, 'matmul': matmul, 'prepare': prepare, 'compare': compare_prepared,
+          'train': train_step,
           'pipeline': pipeline, 'parts': parts, 'inference': inference}
 
 

@@ -18,6 +18,9 @@ import soundfile
 from ccc_jax.errors import DataError
 
 SAMPLE_RATE = 16000
+# 16-bit PCM full scale, as soundfile (and `pcm_to_float`) scales it: sample k is k / 32768.
+# Prepared datasets store the 16 kHz waveform as int16 on this scale (dataset version 1.3.0).
+PCM16_FULL_SCALE = 32768
 
 # soxr's high-quality mode: as accurate as librosa's default and fast enough that resampling
 # 5 minutes of 44.1 kHz stereo takes a fraction of a second.

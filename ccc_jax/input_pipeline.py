@@ -4,6 +4,8 @@ Owns everything between a prepared TFDS ArrayRecord dataset and a host batch of 
 
 - `Corpus`: one prepared dataset (splits as random-access sources, tasks, modalities, window, and
   the training-split statistics used to z-normalise inputs everywhere, inference included).
+- `decode_audio`: stored 16-bit PCM windows back to the float waveform (the one place it is
+  done; `normalise` calls it, and it works on numpy and jax arrays alike).
 - `normalise`: the single normalisation used by training, evaluation and inference.
 - `train_iterator`: a deterministic, checkpointable grain iterator of this process's part of each
   global batch. Global batch `j` is always elements `[j B, (j + 1) B)` of the shuffled, repeated
@@ -21,8 +23,12 @@ from typing import Any, Sequence
 import grain
 import numpy as np
 
+from ccc_jax import audio_io
 from ccc_jax.config import DatasetSpec, ModelInfo
 from ccc_jax.errors import CorpusError
+
+# The oldest prepared-dataset version this reader understands: 1.3.0 stores `audio` as int16.
+OLDEST_READABLE_VERSION = '1.3.0'
 
 
 @dataclasses.dataclass(frozen=True)
@@ -139,6 +145,11 @@ def open_corpus(dataset: str, data_dir: str) -> Corpus:
     raise CorpusError(f'{os.path.join(data_dir, spec.dataset, spec.config_name)}: the prepared '
                       f'dataset {spec} cannot be read ({type(error).__name__}: {message}); '
                       f'delete that folder and prepare it again: {prepare}') from None
+  if builder.version < OLDEST_READABLE_VERSION:
+    raise CorpusError(f'{os.fspath(builder.data_dir)}: prepared by an older version of ccc-jax '
+                      f'(dataset version {builder.version}; this one reads '
+                      f'{OLDEST_READABLE_VERSION} and later, which store the audio as 16-bit '
+                      f'PCM); prepare it again: {prepare}')
   metadata = dict(builder.info.metadata or {})
   required = ('tasks', 'modalities', 'window', 'hop', 'stats', 'recordings', 'labelled_splits')
   missing = [key for key in required if key not in metadata]
@@ -177,6 +188,15 @@ class _CheckedSource:
           f'{self._folder} and prepare it again: {self._prepare}') from None
 
 
+def decode_audio(pcm):
+  """Stored int16 audio (16-bit PCM, `audio_io.PCM16_FULL_SCALE`) as the float32 waveform.
+
+  Exact: sample k becomes k / 32768, as soundfile reads a 16-bit WAV. A pure function of its
+  argument, for numpy or jax arrays (on a device too).
+  """
+  return pcm.astype(np.float32) * np.float32(1.0 / audio_io.PCM16_FULL_SCALE)
+
+
 def input_stats(corpus_stats: dict[str, Any], recording_stats: dict[str, Any] | None,
                 recording_norm: Sequence[str]) -> dict[str, Any]:
   """The statistics one recording's inputs are normalised with: the training split's, except
@@ -189,12 +209,19 @@ def input_stats(corpus_stats: dict[str, Any], recording_stats: dict[str, Any] | 
 def normalise(example: dict[str, np.ndarray], stats: dict[str, Any],
               modalities: Sequence[str]) -> dict[str, np.ndarray]:
   """Z-normalises the model inputs with `stats` (the training split's, or `input_stats`);
-  returns only `modalities`."""
+  returns only `modalities`.
+
+  Stored int16 audio is decoded first (`decode_audio`); float audio (inference) is taken as it
+  is.
+  """
   out = {}
   for name in modalities:
     mean = np.asarray(stats[name]['mean'], np.float32)
     std = np.asarray(stats[name]['std'], np.float32)
-    out[name] = ((np.asarray(example[name], np.float32) - mean) / np.maximum(std, 1e-6))
+    value = np.asarray(example[name])
+    if name == 'audio' and value.dtype == np.int16:
+      value = decode_audio(value)
+    out[name] = (np.asarray(value, np.float32) - mean) / np.maximum(std, 1e-6)
   return out
 
 

@@ -67,6 +67,15 @@ def merge_moments(n_a, mean_a, m2_a, n_b, mean_b, m2_b):
   return n, mean_a + delta * n_b / safe, m2_a + m2_b + delta * delta * n_a * n_b / safe
 
 
+def block_moments(values) -> tuple[int, np.ndarray, np.ndarray]:
+  """Count, mean and centred sum of squares of the rows of one block, in float64."""
+  values = np.asarray(values, dtype=np.float64)
+  if values.shape[0] == 0:
+    return 0, np.zeros(values.shape[1:]), np.zeros(values.shape[1:])
+  mean = values.mean(axis=0)
+  return values.shape[0], mean, ((values - mean) ** 2).sum(axis=0)
+
+
 class RunningMoments:
   """Per-dimension mean and population standard deviation over many blocks of rows, in float64.
 
@@ -78,13 +87,14 @@ class RunningMoments:
 
   def add(self, values) -> None:
     """Adds the rows of `values` (`[n, dim]`, or `[n]` for a scalar statistic)."""
-    values = np.asarray(values, dtype=np.float64)
-    if values.shape[0] == 0:
-      return
-    mean = values.mean(axis=0)
-    m2 = ((values - mean) ** 2).sum(axis=0)
-    self.count, self.mean, self.m2 = merge_moments(self.count, self.mean, self.m2,
-                                                   values.shape[0], mean, m2)
+    self.merge(*block_moments(values))
+
+  def merge(self, count, mean, m2) -> None:
+    """Adds a block given by its `block_moments` (computed elsewhere, e.g. in a worker
+    process): the same result, bit for bit, as `add` of the block's rows."""
+    if count:
+      self.count, self.mean, self.m2 = merge_moments(self.count, self.mean, self.m2,
+                                                     count, mean, m2)
 
   @property
   def std(self) -> np.ndarray:

@@ -120,9 +120,9 @@ def prepare_dataset(dataset: str, data_dir: str, manual_dir: str | None = None,
                     workers: int | None = None) -> Summary:
   """Prepares the dataset `dataset` (a spec, e.g. 'synthetic_avd:tiny') under `data_dir`.
 
-  `workers`: processes computing the eGeMAPS features of the recordings (most of the
-  preparation's CPU time) while this one writes windows; None: one per CPU. What is written
-  does not depend on it.
+  `workers`: processes preparing one recording each (loading, features, serialised windows)
+  while this one puts the windows of a split in order into its shards; None: one per CPU.
+  What is written does not depend on it.
 
   Returns:
     What was written; `summary.name` is the TFDS name to read it by
@@ -154,7 +154,7 @@ def prepare_dataset(dataset: str, data_dir: str, manual_dir: str | None = None,
       shutil.rmtree(leftover, ignore_errors=True)
     created = [path for path in (dataset_dir, config_dir) if not os.path.exists(path)]
     builder = builder_cls(data_dir=data_dir, config=builder_config, file_format='array_record')
-    builder.feature_workers = workers
+    builder.workers = workers
     already_prepared = builder.is_prepared()
     download_dir = tempfile.mkdtemp(prefix=f'{_TEMPORARY_PREFIX}{os.getpid()}_')  # unused
     start = time.perf_counter()

@@ -33,8 +33,8 @@ _DATA_DIR = flags.DEFINE_string('data_dir', None, 'Where prepared datasets are w
                                 required=True)
 _MANUAL_DIR = flags.DEFINE_string('manual_dir', None,
                                   'Folder holding the corpus files (recola, creativeit).')
-_WORKERS = flags.DEFINE_integer('workers', None, 'Processes computing the eGeMAPS features '
-                                '(default: one per CPU).', lower_bound=1)
+_WORKERS = flags.DEFINE_integer('workers', None, 'Processes preparing recordings, one '
+                                'recording each (default: one per CPU).', lower_bound=1)
 
 
 def main(argv: Sequence[str]) -> None:

@@ -142,6 +142,11 @@ def write_recola(root: str, recordings: tuple[str, ...] = ('train_1', 'train_2',
 MOCAP_MARKERS = ('LFHD', 'RFHD', 'C7', 'LSHO', 'RSHO', 'LWRA', 'RWRA')
 
 
+def creativeit_markers(count: int) -> tuple[str, ...]:
+  """`count` marker names: the seven above, then `M08`, `M09`, ..."""
+  return MOCAP_MARKERS[:count] + tuple(f'M{i + 1:02d}' for i in range(7, count))
+
+
 @dataclasses.dataclass
 class CreativeItFixture:
   """A written CreativeIT normalised layout and its contents, by recording id."""
@@ -178,10 +183,12 @@ def write_annotation_csv(path: str, times: np.ndarray, values: np.ndarray) -> No
 def write_creativeit(root: str,
                      actors_by_performance: dict[tuple[str, str], tuple[str, ...]] | None = None,
                      seconds: float = 6.0, audio_rate: int = 48000, mocap_rate: float = 60.0,
-                     annotators: int = 3) -> CreativeItFixture:
+                     annotators: int = 3,
+                     markers: tuple[str, ...] = MOCAP_MARKERS) -> CreativeItFixture:
   """Writes the normalised CreativeIT layout: <session>/<performance>/<actor>/...
 
-  Default: two sessions, four actors, each actor in one performance with a partner.
+  Default: two sessions, four actors, each actor in one performance with a partner, 7 markers
+  (the release has 45: `markers=creativeit_markers(45)`).
   """
   if actors_by_performance is None:
     actors_by_performance = {('session1', 'perf1'): ('actor1', 'actor2'),
@@ -199,12 +206,12 @@ def write_creativeit(root: str,
           audio_rate)
       rng = np.random.default_rng(index)
       num = int(round(seconds * mocap_rate))
-      base = rng.uniform(-500, 500, (1, len(MOCAP_MARKERS), 3)) + [0, 0, 1200]
-      positions = base + np.cumsum(rng.normal(0, 2, (num, len(MOCAP_MARKERS), 3)), axis=0)
+      base = rng.uniform(-500, 500, (1, len(markers), 3)) + [0, 0, 1200]
+      positions = base + np.cumsum(rng.normal(0, 2, (num, len(markers), 3)), axis=0)
       positions = positions.round(3)
       positions[10:25, 5] = np.nan  # an occluded wrist
       positions[40:44, 1, 2] = np.nan  # a single lost coordinate
-      write_mocap_csv(os.path.join(folder, 'mocap.csv'), positions, mocap_rate)
+      write_mocap_csv(os.path.join(folder, 'mocap.csv'), positions, mocap_rate, markers)
       fixture.mocap[recording_id] = positions
       fixture.annotations[recording_id] = {}
       for task in CREATIVEIT_TASKS:

@@ -8,8 +8,10 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
+from ccc_jax import audio_io
 from ccc_jax import egemaps
 from ccc_jax import features
+from ccc_jax import input_pipeline
 from ccc_jax.errors import DataError
 from datasets import prepare
 from tests import fixtures
@@ -57,9 +59,8 @@ def test_a_window_matches_the_source_files(creativeit):
   split = next(split for split, names in metadata['actors'].items() if 'actor1' in names)
   recording = 'session1/perf2/actor1'
   source = tfds.data_source('creativeit', data_dir=data_dir)[split]
-  first, window = (next(source[i] for i in range(len(source))
-                        if source[i]['recording'].decode() == recording
-                        and source[i]['start'] == start) for start in (0, 50))
+  window = next(source[i] for i in range(len(source))
+                if source[i]['recording'].decode() == recording and source[i]['start'] == 50)
 
   frame_times = np.arange(NUM_FRAMES) / 25
   for task_index, task in enumerate(fixtures.CREATIVEIT_TASKS):
@@ -68,15 +69,16 @@ def test_a_window_matches_the_source_files(creativeit):
     np.testing.assert_allclose(window['labels'][:, task_index], gold[50:150], atol=1e-6)
   audio = librosa.resample(layout.audio[recording][:, 0], orig_sr=48000, target_sr=16000,
                            res_type='soxr_hq')
-  np.testing.assert_allclose(window['audio'], audio[50 * 640:150 * 640], atol=1e-6)
+  np.testing.assert_allclose(input_pipeline.decode_audio(window['audio']),
+                             audio[50 * 640:150 * 640], atol=0.5 / 32768 + 1e-6)  # 16-bit PCM
   mocap = features.mocap_features(layout.mocap[recording], layout.mocap_rate, NUM_FRAMES)
   assert window['mocap'].shape == (100, features.mocap_feature_dim(len(fixtures.MOCAP_MARKERS)))
   np.testing.assert_allclose(window['mocap'], mocap[50:150], rtol=1e-5, atol=1e-3)
   assert np.all(np.isfinite(window['mocap']))  # the occluded wrist was filled
-  # eGeMAPS of the whole prepared (resampled) recording, frames 0-149, sliced.
-  prepared = np.concatenate([first['audio'], window['audio'][50 * 640:]])
-  np.testing.assert_array_equal(window['egemaps'],
-                                egemaps.egemaps_lld(prepared, NUM_FRAMES)[200:600])
+  # eGeMAPS of the whole resampled float recording (before its 16-bit storage), sliced.
+  waveform = audio_io.load_audio(os.path.join(layout.root, recording, 'audio.wav'))
+  np.testing.assert_array_equal(
+      window['egemaps'], egemaps.egemaps_lld(waveform[:NUM_FRAMES * 640], NUM_FRAMES)[200:600])
 
 
 def test_explicit_actor_split(tmp_path):

@@ -12,8 +12,10 @@ import pytest
 import soundfile
 import tensorflow_datasets as tfds
 
+from ccc_jax import audio_io
 from ccc_jax import egemaps
 from ccc_jax import features
+from ccc_jax import input_pipeline
 from ccc_jax.errors import DataError
 from datasets import prepare
 from tests import fixtures
@@ -21,6 +23,8 @@ from tests import fixtures
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SECONDS = 6.2  # 155 label frames: windows start at 0, 50, 100; the last one is padded
 NUM_FRAMES = 155
+# Stored audio is 16-bit PCM: within half a step of the float waveform (plus float rounding).
+PCM_TOLERANCE = 0.5 / 32768 + 1e-6
 
 
 @pytest.fixture(scope='module')
@@ -84,12 +88,13 @@ def test_windows_match_the_source_files(recola):
   middle = windows[50]
   np.testing.assert_array_equal(middle['mask'], np.ones(100))
   np.testing.assert_allclose(middle['labels'], package.gold['train_2'][50:150], atol=1e-6)
-  np.testing.assert_allclose(middle['audio'], audio[50 * 640:150 * 640], atol=1e-6)
+  np.testing.assert_allclose(input_pipeline.decode_audio(middle['audio']),
+                             audio[50 * 640:150 * 640], atol=PCM_TOLERANCE)
   np.testing.assert_allclose(middle['logmel'], logmel[200:600], atol=1e-3)
-  # From the prepared (resampled) audio, so bit for bit what egemaps_lld gives for it.
-  lld = egemaps.egemaps_lld(np.asarray(
-      np.concatenate([windows[0]["audio"], windows[100]["audio"][:55 * 640]])),
-      NUM_FRAMES)
+  # From the float waveform the builder reads (before its 16-bit storage), so bit for bit what
+  # egemaps_lld gives for it.
+  waveform = audio_io.load_audio(os.path.join(package.root, 'recordings_audio', 'train_2.wav'))
+  lld = egemaps.egemaps_lld(waveform[:NUM_FRAMES * 640], NUM_FRAMES)
   np.testing.assert_array_equal(middle['egemaps'], lld[200:600])
   np.testing.assert_array_equal(windows[100]['egemaps'][:220], lld[400:])
   np.testing.assert_array_equal(windows[100]['egemaps'][220:], 0.0)  # padding past the end
@@ -98,7 +103,8 @@ def test_windows_match_the_source_files(recola):
   np.testing.assert_array_equal(last['mask'], (np.arange(100) < 55).astype(np.float32))
   np.testing.assert_allclose(last['labels'][:55], package.gold['train_2'][100:155], atol=1e-6)
   np.testing.assert_array_equal(last['labels'][55:], 0.0)
-  np.testing.assert_allclose(last['audio'][:55 * 640], audio[100 * 640:], atol=1e-6)
+  np.testing.assert_allclose(input_pipeline.decode_audio(last['audio'][:55 * 640]),
+                             audio[100 * 640:], atol=PCM_TOLERANCE)
   np.testing.assert_array_equal(last['audio'][55 * 640:], 0.0)
 
 
@@ -107,7 +113,8 @@ def test_test_split_has_audio_and_no_labels(recola):
   windows = _windows(tfds.data_source('recola', data_dir=data_dir)['test'], 'test_1')
   assert sorted(windows) == [0, 50, 100]
   audio = _expected_audio(package, 'test_1')
-  np.testing.assert_allclose(windows[0]['audio'], audio[:64000], atol=1e-6)
+  np.testing.assert_allclose(input_pipeline.decode_audio(windows[0]['audio']), audio[:64000],
+                             atol=PCM_TOLERANCE)
   for window in windows.values():
     np.testing.assert_array_equal(window['labels'], 0.0)
 

@@ -67,13 +67,66 @@ def test_a_window_matches_the_simulation(tiny):
   mocap = features.mocap_features(positions, 60.0, NUM_FRAMES)  # ...and filled at prep time
 
   np.testing.assert_allclose(window['labels'], gold[150:250], atol=1e-6)
-  np.testing.assert_array_equal(window['audio'], audio[150 * 640:250 * 640])
+  # Stored as 16-bit PCM: the float waveform rounded to the nearest step of 1 / 32768.
+  assert window['audio'].dtype == np.int16 and np.abs(audio).max() < 1.0  # nothing clipped
+  decoded = input_pipeline.decode_audio(window['audio'])
+  assert decoded.dtype == np.float32
+  np.testing.assert_array_equal(decoded, np.round(audio[150 * 640:250 * 640] * 32768) / 32768)
+  assert np.abs(decoded - audio[150 * 640:250 * 640]).max() <= 0.5 / 32768
   np.testing.assert_allclose(window['mocap'], mocap[150:250], atol=1e-4)
   np.testing.assert_allclose(window['logmel'], features.log_mel(audio)[600:1000], atol=1e-4)
   # Computed once over the whole recording (the audio as the builder fits it), then sliced.
   lld = egemaps.egemaps_lld(audio[:NUM_FRAMES * 640], NUM_FRAMES)
   np.testing.assert_array_equal(window['egemaps'], lld[600:1000])
   np.testing.assert_array_equal(window['mask'], 1.0)
+
+
+def test_16_bit_audio_round_trips_and_decodes_alike_on_numpy_and_jax(tmp_path):
+  """A 16-bit WAV at 16 kHz is stored unchanged; the decode is exact on numpy and in jit."""
+  import jax
+  import soundfile
+  from ccc_jax import audio_io
+  from datasets import common
+  pcm = np.array([-32768, -12345, -1, 0, 1, 2, 32767], np.int16)
+  soundfile.write(str(tmp_path / 'pcm.wav'), pcm, 16000, subtype='PCM_16')
+  waveform = audio_io.load_audio(str(tmp_path / 'pcm.wav'))  # as the builders read it
+  stored, clipped = common.encode_audio(waveform)
+  np.testing.assert_array_equal(stored, pcm)
+  assert stored.dtype == np.int16 and clipped == 0
+  expected = (pcm / 32768.0).astype(np.float32)  # soundfile's scale
+  np.testing.assert_array_equal(input_pipeline.decode_audio(stored), expected)
+  np.testing.assert_array_equal(np.asarray(jax.jit(input_pipeline.decode_audio)(stored)), expected)
+  # Off the grid: nearest step; past full scale: clipped and counted.
+  stored, clipped = common.encode_audio(np.array([0.3 / 32768, 0.7 / 32768, 1.0, -1.5], np.float32))
+  np.testing.assert_array_equal(stored, [0, 1, 32767, -32768])
+  assert clipped == 2
+
+
+def test_windows_are_stored_in_the_order_of_tfds_own_writer(tiny, tmp_path):
+  """Each split's windows come in the order TFDS's single-process writer gives them (its
+  `Shuffler`: sorted by the hash of the key, salted with the split name), as before the
+  recordings were written by worker processes; training's shuffle starts from this order."""
+  from tensorflow_datasets.core import shuffle
+  name, data_dir = tiny
+  for split, source in tfds.data_source(name, data_dir=data_dir).items():
+    keys = [f"{source[i]['recording'].decode()}@{source[i]['start']}" for i in range(len(source))]
+    shuffler = shuffle.Shuffler(str(tmp_path), hash_salt=split)
+    for key in sorted(keys):
+      shuffler.add(key, key.encode())
+    assert keys == [data.decode() for _, data in shuffler]
+
+
+def test_a_corpus_of_an_older_version_says_prepare_again(tiny_data_dir, tmp_path):
+  """Before 1.3.0 audio was stored as float32: such a folder is refused with the command."""
+  import shutil
+  old = tmp_path / 'synthetic_avd' / 'tiny' / '1.2.0'
+  shutil.copytree(tiny_data_dir / 'synthetic_avd' / 'tiny' / '1.3.0', old)
+  info = json.loads((old / 'dataset_info.json').read_text())
+  (old / 'dataset_info.json').write_text(json.dumps(dict(info, version='1.2.0')))
+  with pytest.raises(CorpusError, match=r'1\.2\.0: prepared by an older version of ccc-jax .*'
+                                        r'prepare it again: python -m launch.prepare '
+                                        r'--dataset=synthetic_avd:tiny --data_dir='):
+    input_pipeline.open_corpus('synthetic_avd:tiny', str(tmp_path))
 
 
 def test_a_corpus_without_a_modality_says_prepare_again(tiny_data_dir):

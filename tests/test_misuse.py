@@ -308,7 +308,8 @@ def test_full_disk_in_prepare_leaves_no_dataset(tmp_path, capsys, monkeypatch):
   from datasets import common  # pylint: disable=g-import-not-at-top
   def full_disk(*args, **kwargs):
     raise OSError(errno.ENOSPC, 'No space left on device')
-  monkeypatch.setattr(common.features, 'log_mel', full_disk)  # the first write of a window
+  # The first write of a shard (the worker processes have written every recording's windows).
+  monkeypatch.setattr(common.tfds_writer.ExampleWriter, 'write', full_disk)
   data_dir = tmp_path / 'data'
   _one_line(capsys, Case('prepare', _prepare('synthetic_avd:tiny', data_dir),
                          ('no space left on the device', 'cannot write the prepared dataset'),
