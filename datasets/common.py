@@ -357,6 +357,8 @@ class WindowedBuilder(tfds.core.dataset_builder.FileReaderBuilder, skip_registra
                  'egemaps': metrics.block_moments(lld)}
       moments.update({name: metrics.block_moments(values)
                       for name, values in recording.frame_features.items()})
+    # Of the float waveform, before 16-bit rounding: what inference computes for a new recording.
+    own_stats = features.recording_stats({'audio': recording.audio, 'logmel': logmel})
     audio, clipped = encode_audio(recording.audio)
     keys, sizes = [], []
     feature_spec = self.info.features
