@@ -38,6 +38,9 @@ MODALITIES = ('audio', 'logmel', 'egemaps', 'egemaps_functionals', 'mocap')
 # their frame, and the AVEC functionals summarise several seconds around it.
 CAUSAL_MODALITIES = ('audio', 'logmel', 'mocap')
 TEMPORAL_MODELS = ('tcn', 'gru')
+# What the model's layers compute in (`ModelConfig.compute_dtype`); parameters, optimiser state
+# and the loss's moments stay float32 whatever it is.
+COMPUTE_DTYPES = ('float32', 'bfloat16')
 PARALLEL_MODES = ('shard_map', 'pmap')
 
 
@@ -83,6 +86,12 @@ class ModelConfig:
   # embedding (multimodal models; never all of them), the others scaled up to compensate.
   dropout: float = 0.0
   modality_dropout: float = 0.0
+  # What convolutions, matmuls, the GRU's recurrent matmul and the activations compute in.
+  # 'bfloat16': mixed precision, with float32 parameters (the optimiser updates them in
+  # float32), float32 normalisation statistics, GRU carry and outputs, and float32 loss moments.
+  # It pays where bfloat16 matmuls are faster (GPU, TPU); on the 2-core CPU it is slower
+  # (BUILD_NOTES.md "Step speed and mixed precision").
+  compute_dtype: str = 'float32'
 
   def __post_init__(self):
     _require(self.modalities, 'model.modalities', 'at least one modality')
@@ -91,6 +100,7 @@ class ModelConfig:
     if len(set(self.modalities)) != len(self.modalities):
       raise ConfigError(f'model.modalities has duplicates: {self.modalities}')
     _choice(self.temporal, TEMPORAL_MODELS, 'model.temporal')
+    _choice(self.compute_dtype, COMPUTE_DTYPES, 'model.compute_dtype')
     for field in ('logmel_frames_per_label', 'logmel_width', 'egemaps_width',
                   'functionals_width', 'mocap_width', 'trunk_width',
                   'tcn_kernel_size', 'gru_hidden', 'gru_layers', 'head_hidden'):
