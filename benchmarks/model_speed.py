@@ -133,15 +133,18 @@ def _compare_batch(batch_size: int, window: int, input_dims, num_tasks: int):
   return batch
 
 
-def _timed(call, steps: int) -> list[float]:
+def _timed(call, steps: int) -> tuple[list[float], list[float]]:
+  """Wall and CPU seconds (this process's, all threads) of each of `steps` calls, after
+  warm-up."""
   for _ in range(WARMUP):
     call()
-  seconds = []
+  seconds, cpu_seconds = [], []
   for _ in range(steps):
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     call()
     seconds.append(time.perf_counter() - start)
-  return seconds
+    cpu_seconds.append(time.process_time() - cpu_start)
+  return seconds, cpu_seconds
 
 
 def _measure(kind: str, compute_dtype: str, steps: int) -> dict:
@@ -206,8 +209,10 @@ def _measure(kind: str, compute_dtype: str, steps: int) -> dict:
       def call():
         with torch.inference_mode():
           twin(torch_inputs)
-  seconds = _timed(call, steps)
-  result.update({'seconds': seconds, 'windows_per_s': batch_size / statistics.median(seconds)})
+  seconds, cpu_seconds = _timed(call, steps)
+  result.update({'seconds': seconds, 'cpu_seconds': cpu_seconds,
+                 'windows_per_s': batch_size / statistics.median(seconds),
+                 'cpu_s_per_window': statistics.median(cpu_seconds) / batch_size})
   return result
 
 
