@@ -39,7 +39,9 @@ import jax.numpy as jnp
 from ccc_jax.config import ModelConfig
 from ccc_jax.egemaps import EGEMAPS_PER_FRAME
 
+# `ModelConfig.compute_dtype` -> the dtype the layers compute in.
 DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
+
 
 def _lecun_normal(in_axis=-2, out_axis=-1, batch_axis=()):
   return jax.nn.initializers.variance_scaling(
