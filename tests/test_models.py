@@ -247,8 +247,10 @@ def test_gradients_finite_and_reach_every_param(inputs, temporal):
 def test_bfloat16_compute_keeps_float32_params_outputs_and_gradients(inputs):
   # Same seed: the same float32 parameters (names, shapes, values), so checkpoints and the
   # optimiser do not depend on the compute dtype; outputs near float32's, float32 themselves.
-  _, graphdef, params, apply = built(temporal='gru')
-  model = models.AVDNet(small_config(temporal='gru', compute_dtype='bfloat16'), num_tasks=3,
+  # Compiled with the TCN (the GRU's scan compiles several times slower); the GRU models are
+  # traced only, for their output dtype.
+  _, graphdef, params, apply = built()
+  model = models.AVDNet(small_config(compute_dtype='bfloat16'), num_tasks=3,
                         input_dims=INPUT_DIMS, rngs=nnx.Rngs(0))
   graphdef_bf16, params_bf16 = nnx.split(model, nnx.Param)
   jax.tree.map(np.testing.assert_array_equal, params, params_bf16)
@@ -263,7 +265,7 @@ def test_bfloat16_compute_keeps_float32_params_outputs_and_gradients(inputs):
   np.testing.assert_allclose(outputs, reference, atol=0.05 * float(jnp.max(jnp.abs(reference))))
   for path, g in jax.tree_util.tree_leaves_with_path(grads):
     assert g.dtype == jnp.float32 and np.all(np.isfinite(g)), path
-  for variant in ({'temporal': 'tcn'}, {'causal': True, 'temporal': 'gru',
+  for variant in ({'temporal': 'gru'}, {'causal': True, 'temporal': 'gru',
                                         'modalities': ('audio', 'logmel', 'mocap')}):
     other = models.AVDNet(small_config(compute_dtype='bfloat16', **variant), num_tasks=3,
                           input_dims=INPUT_DIMS, rngs=nnx.Rngs(0))
