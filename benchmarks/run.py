@@ -14,7 +14,8 @@ it compares the two window by window.
 
 Owns which measurements make the table, their sizes (`--quick` or full), the figures derived
 from them (pipeline-to-step ratio, achieved FLOP/s against the measured matmul rate, speed-up
-and loss agreement across device counts) and the printed table and JSON. Every measurement
+and loss agreement across device counts, the step in float32 and in bfloat16 each against the
+matmul rate measured in its dtype) and the printed table and JSON. Every measurement
 runs in its own process (`benchmarks/common.py`; what each measures: `benchmarks/stages.py`),
 so each has its own peak memory and its own device count. This process never starts JAX: on an
 accelerator it would hold device memory that the measurements need.
@@ -252,12 +253,69 @@ def measure(quick: bool, data_dir: str, log=print) -> dict[str, Any]:
                              'repeats': sizes['parts_repeats']})
     stage('inference', 'inference', {'seconds_of_audio': sizes['inference_seconds'],
                                      'repeats': sizes['inference_repeats']})
+    measure_precision(stage, sizes, backend, data_dir, main_count, on_cpu)
   finally:
     shutil.rmtree(work, ignore_errors=True)
   results['derived'] = derive(results, counts, main_count)
+  results['precision'] = precision_figures(results)
   results['seconds'] = time.perf_counter() - started
   results['load_average'] = {'before': load_before[0], 'after': os.getloadavg()[0]}
   return results
+
+
+def measure_precision(stage, sizes, backend: str, data_dir: str, main_count: int,
+                      on_cpu: bool) -> None:
+  """The mixed-precision step: the matmul rate in bfloat16 (its peak reference) and the
+  trainer's step with `model.compute_dtype='bfloat16'` (the float32 ones are `matmul` and
+  `train_{main_count}`)."""
+  stage('matmul_bfloat16', 'matmul', {'n': MATMUL_SIZE.get(backend, 4096), 'dtype': 'bfloat16',
+                                      'repeats': sizes['matmul_repeats']})
+  stage('train_bfloat16', 'train',
+        {'devices': main_count, 'data_dir': data_dir, 'batches': sizes['batches'],
+         'check_steps': sizes['check_steps'], 'steps': sizes['steps'], 'loop_steps': 0,
+         'compute_dtype': 'bfloat16'},
+        cpu_devices=main_count if on_cpu else None)
+
+
+def precision_figures(results: dict[str, Any]) -> dict[str, dict[str, Any]]:
+  """Per compute dtype: the step's windows/s, FLOPs per window, achieved GFLOP/s against the
+  matmul rate measured in that dtype, and the first steps' losses (bfloat16 against float32)."""
+  main_count = results['derived']['main_devices']
+  runs = {'float32': (results[f'train_{main_count}'], results['matmul']),
+          'bfloat16': (results['train_bfloat16'], results['matmul_bfloat16'])}
+  reference = runs['float32'][0]['losses']
+  figures = {}
+  for dtype, (run, matmul) in runs.items():
+    peak = matmul['gflops_median'] * (1 if results['info']['backend'] == 'cpu' else main_count)
+    achieved = run['train_flops_per_window'] * run['windows_per_s'] / 1e9
+    steps = min(len(run['losses']), len(reference))
+    figures[dtype] = {
+        'step_s': run['step_s'], 'windows_per_s': run['windows_per_s'],
+        'compile_s': run['compile_s'], 'train_flops_per_window': run['train_flops_per_window'],
+        'achieved_gflops': achieved, 'peak_gflops': peak, 'fraction_of_peak': achieved / peak,
+        'max_loss_difference': max(abs(a - b) for a, b in zip(run['losses'][:steps],
+                                                               reference[:steps])),
+    }
+  return figures
+
+
+def format_precision(results: dict[str, Any]) -> str:
+  """The table of the step in float32 and bfloat16."""
+  figures = precision_figures(results)
+  rows = [(dtype, f"{f['step_s'] * 1e3:.0f}", f"{f['windows_per_s']:.1f}",
+           f"{f['windows_per_s'] / figures['float32']['windows_per_s']:.2f}",
+           f"{f['compile_s']:.1f}", f"{f['train_flops_per_window'] / 1e6:.1f}",
+           f"{f['achieved_gflops']:.1f}", f"{f['peak_gflops']:.0f}",
+           f"{100 * f['fraction_of_peak']:.0f}%", f"{f['max_loss_difference']:.1e}")
+          for dtype, f in figures.items()]
+  main_count = results['derived']['main_devices']
+  return '\n'.join([
+      f'train step by compute dtype ({main_count} device(s); parameters, optimiser and loss '
+      'moments float32 in both; peak: the matmul rate measured in that dtype; loss difference: '
+      'max |loss - float32 loss| over the first steps)',
+      _columns(('compute dtype', 'ms/step', 'windows/s', 'vs float32', 'compile s',
+                'MFLOP/window', 'GFLOP/s', 'matmul GFLOP/s', 'of peak', 'loss difference'),
+               rows)])
 
 
 def derive(results: dict[str, Any], counts: list[int], main_count: int) -> dict[str, Any]:
@@ -418,6 +476,7 @@ def format_table(results: dict[str, Any]) -> str:
                       'windows/s', 'speed-up', 'MFLOP/window', 'loss difference', 'host MiB',
                       'device MiB'),
                      scaling_rows)]
+  lines += ['', format_precision(results)]
   return '\n'.join(lines)
 
 

@@ -3,8 +3,8 @@ r"""The measurements of `benchmarks/run.py`, one per process (`benchmarks.common
 Owns what is timed and how, always through the project's own code paths:
 
 - `info`: backend, devices, versions, the default config's global batch.
-- `matmul`: the backend's measured float32 matmul rate (a large jitted `jnp.dot`), the
-  reference peak for the model's achieved FLOP/s.
+- `matmul`: the backend's measured matmul rate (a large jitted `jnp.dot`) in float32, or in
+  `dtype` (bfloat16), the reference peak for the model's achieved FLOP/s in that dtype.
 - `prepare`: `launch.prepare.prepare_dataset` of a dataset spec (any corpus, any number of
   workers), in a fresh folder; the bytes written.
 - `compare`: a prepared dataset window by window against a reference preparation of the same
@@ -14,7 +14,8 @@ Owns what is timed and how, always through the project's own code paths:
   compile time apart, then step time on batches already on the devices; the losses of the first
   steps (compared across device counts by run.py); XLA's FLOP count of the step and of the
   forward pass (`evaluation.predict_windows`); and, with `loop_steps`, the trainer's loop split
-  into data loading, host-to-device and step compute.
+  into data loading, host-to-device and step compute. `compute_dtype` sets the model's
+  (`ModelConfig.compute_dtype`: 'bfloat16' is the mixed-precision step).
 - `pipeline`: the trainer's input iterators alone (`train.seed_iterators`) with `workers`.
 - `parts`: where a step's compute goes: forward+backward of the whole model, of each modality
   branch alone and of each convolution of the raw-audio branch (the model's own sub-modules),
@@ -29,6 +30,7 @@ process's own XLA_FLAGS decide how many CPU devices it sees.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import platform
@@ -84,14 +86,15 @@ def matmul(args) -> dict[str, Any]:
   default matmul precision, which is what the model's layers use (that default computes
   float32 products with TF32 on recent NVIDIA GPUs and with bfloat16 passes on TPU)."""
   n, repeats = args['n'], args['repeats']
+  dtype = args.get('dtype', 'float32')
   keys = jax.random.split(jax.random.key(0))
-  a = jax.random.normal(keys[0], (n, n), jnp.float32)
-  b = jax.random.normal(keys[1], (n, n), jnp.float32)
+  a = jax.random.normal(keys[0], (n, n), jnp.float32).astype(dtype)
+  b = jax.random.normal(keys[1], (n, n), jnp.float32).astype(dtype)
   dot = jax.jit(jnp.dot)
   _block_all(dot(a, b))
   seconds = common.time_calls(lambda: _block_all(dot(a, b)), repeats)
   gflops = [2 * n ** 3 / s / 1e9 for s in seconds]
-  return {'n': n, 'repeats': repeats, 'gflops_median': common.median(gflops),
+  return {'n': n, 'dtype': dtype, 'repeats': repeats, 'gflops_median': common.median(gflops),
           'gflops_max': max(gflops), 'seconds': seconds}
 
 
@@ -161,7 +164,9 @@ def compare_prepared(args) -> dict[str, Any]:
 def train_step(args) -> dict[str, Any]:
   """The trainer's step on the first `args['devices']` devices; see the module docstring."""
   config, corpus, model_info = _default_setup(args['data_dir'])
-  config = config.replace(seeds=tuple(range(args.get('seeds', 1))))  # several: vectorised
+  config = config.replace(seeds=tuple(range(args.get('seeds', 1))),  # several: vectorised
+                          model=dataclasses.replace(
+                              config.model, compute_dtype=args.get('compute_dtype', 'float32')))
   devices = jax.devices()[:args['devices']]
   if len(devices) != args['devices']:
     raise ValueError(f"asked for {args['devices']} devices, {len(jax.devices())} present")
@@ -221,6 +226,7 @@ def train_step(args) -> dict[str, Any]:
 
   result = {
       'devices': len(devices), 'global_batch': config.global_batch,
+      'compute_dtype': config.model.compute_dtype,
       'seeds': len(config.seeds), 'parallel': config.parallel, 'window': model_info.window,
       'num_params': int(num_params), 'init_s': init_s, 'lower_s': lower_s,
       'compile_s': compile_s, 'losses': losses, 'step_seconds': step_seconds,

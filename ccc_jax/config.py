@@ -42,6 +42,9 @@ CAUSAL_MODALITIES = ('audio', 'logmel', 'mocap')
 # second openSMILE pass over a new recording; not yet).
 RECORDING_NORM_MODALITIES = ('audio', 'logmel')
 TEMPORAL_MODELS = ('tcn', 'gru')
+# What the model's layers compute in (`ModelConfig.compute_dtype`); parameters, optimiser state
+# and the loss's moments stay float32 whatever it is.
+COMPUTE_DTYPES = ('float32', 'bfloat16')
 PARALLEL_MODES = ('shard_map', 'pmap')
 
 
@@ -100,6 +103,12 @@ class ModelConfig:
   # frames later. 50 = 2 s, the shift of the AVEC 2018 cross-cultural baseline. Not for a causal
   # model, which already sees the past.
   label_delay: int = 0
+  # What convolutions, matmuls, the GRU's recurrent matmul and the activations compute in.
+  # 'bfloat16': mixed precision, with float32 parameters (the optimiser updates them in
+  # float32), float32 normalisation statistics, GRU carry and outputs, and float32 loss moments.
+  # It pays where bfloat16 matmuls are faster (GPU, TPU); on the 2-core CPU it is slower
+  # (BUILD_NOTES.md "Step speed and mixed precision").
+  compute_dtype: str = 'float32'
 
   def __post_init__(self):
     _require(self.modalities, 'model.modalities', 'at least one modality')
@@ -108,6 +117,7 @@ class ModelConfig:
     if len(set(self.modalities)) != len(self.modalities):
       raise ConfigError(f'model.modalities has duplicates: {self.modalities}')
     _choice(self.temporal, TEMPORAL_MODELS, 'model.temporal')
+    _choice(self.compute_dtype, COMPUTE_DTYPES, 'model.compute_dtype')
     for field in ('logmel_frames_per_label', 'logmel_width', 'egemaps_width',
                   'functionals_width', 'mocap_width', 'trunk_width',
                   'tcn_kernel_size', 'gru_hidden', 'gru_layers', 'head_hidden'):

@@ -68,6 +68,10 @@ def moments(predictions: jax.Array, targets: jax.Array, mask: jax.Array | None =
   if predictions.shape != targets.shape or predictions.ndim != 3:
     raise ValueError(f'predictions {predictions.shape} and targets {targets.shape} must both be '
                      '[batch, time, tasks]')
+  # At least float32: the moments of bfloat16 predictions (mixed precision) in bfloat16 would
+  # keep 8 bits of the sums over a batch.
+  predictions = predictions.astype(jnp.promote_types(predictions.dtype, jnp.float32))
+  targets = targets.astype(jnp.promote_types(targets.dtype, jnp.float32))
   if mask is None:
     mask = jnp.ones(predictions.shape[:2], predictions.dtype)
   mask = mask.astype(predictions.dtype)

@@ -18,6 +18,13 @@ Built for functional use (`nnx.split(model, nnx.Param)` / `nnx.merge`) inside ji
 vmap: every piece of state is an `nnx.Param` and nothing is written during a forward pass (no
 BatchNorm, no RNG streams: while training, dropout draws from per-window keys passed in; the GRU
 carry starts at zeros; `stream` takes and returns its history explicitly).
+
+Mixed precision (`config.compute_dtype='bfloat16'`): every layer computes in bfloat16 from
+float32 parameters (cast at use; gradients and the optimiser stay float32). What stays float32:
+the LayerNorm statistics (flax computes them in at least float32), the GRU's carry and gate
+arithmetic (its recurrent matmul is bfloat16 with float32 accumulation: the carry is summed over
+every step of the window) and the outputs, so that the loss's moments and the evaluation's CCC
+see float32 predictions.
 """
 
 from __future__ import annotations
@@ -32,6 +39,10 @@ import jax.numpy as jnp
 from ccc_jax.config import ModelConfig
 from ccc_jax.egemaps import EGEMAPS_PER_FRAME
 
+# `ModelConfig.compute_dtype` -> the dtype the layers compute in.
+DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
+
+
 def _lecun_normal(in_axis=-2, out_axis=-1, batch_axis=()):
   return jax.nn.initializers.variance_scaling(
       1.0, 'fan_in', 'truncated_normal', in_axis=in_axis, out_axis=out_axis,
@@ -43,6 +54,7 @@ class AudioBranch(nnx.Module):
 
   def __init__(self, config: ModelConfig, samples_per_frame: int, *,
                rngs: nnx.Rngs):
+    dtype = DTYPES[config.compute_dtype]
     channels = tuple(config.audio_channels)
     kernel_sizes = tuple(config.audio_kernel_sizes)
     strides = tuple(config.audio_strides)
@@ -68,9 +80,9 @@ class AudioBranch(nnx.Module):
     # past, and a stream can continue from the last `context` samples (`frames`).
     self.convs = nnx.List([
         nnx.Conv(c_in, c_out, kernel_size=k, strides=s,
-                 padding='VALID' if self.causal else 'SAME', rngs=rngs)
+                 padding='VALID' if self.causal else 'SAME', dtype=dtype, rngs=rngs)
         for c_in, c_out, k, s in zip(in_channels, channels, kernel_sizes, strides)])
-    self.norm = nnx.LayerNorm(channels[-1], rngs=rngs)
+    self.norm = nnx.LayerNorm(channels[-1], dtype=dtype, rngs=rngs)
     self.width = channels[-1]
 
   def __call__(self, audio: jax.Array) -> jax.Array:
@@ -102,13 +114,13 @@ class FrameBranch(nnx.Module):
   (1 row)."""
 
   def __init__(self, modality: str, rows_per_frame: int, feature_dim: int, width: int, *,
-               rngs: nnx.Rngs):
+               dtype=jnp.float32, rngs: nnx.Rngs):
     self.modality = modality
     self.rows_per_frame = rows_per_frame
     self.feature_dim = feature_dim
-    self.hidden = nnx.Linear(rows_per_frame * feature_dim, width, rngs=rngs)
-    self.out = nnx.Linear(width, width, rngs=rngs)
-    self.norm = nnx.LayerNorm(width, rngs=rngs)
+    self.hidden = nnx.Linear(rows_per_frame * feature_dim, width, dtype=dtype, rngs=rngs)
+    self.out = nnx.Linear(width, width, dtype=dtype, rngs=rngs)
+    self.norm = nnx.LayerNorm(width, dtype=dtype, rngs=rngs)
     self.width = width
 
   def __call__(self, rows: jax.Array) -> jax.Array:
@@ -125,11 +137,12 @@ class FrameBranch(nnx.Module):
 class DilatedResidualBlock(nnx.Module):
   """Pre-norm residual block: LayerNorm, dilated non-causal conv over time, GELU, projection."""
 
-  def __init__(self, width: int, kernel_size: int, dilation: int, *, rngs: nnx.Rngs):
-    self.norm = nnx.LayerNorm(width, rngs=rngs)
+  def __init__(self, width: int, kernel_size: int, dilation: int, *, dtype=jnp.float32,
+               rngs: nnx.Rngs):
+    self.norm = nnx.LayerNorm(width, dtype=dtype, rngs=rngs)
     self.conv = nnx.Conv(width, width, kernel_size=kernel_size, kernel_dilation=dilation,
-                         padding='SAME', rngs=rngs)
-    self.proj = nnx.Linear(width, width, rngs=rngs)
+                         padding='SAME', dtype=dtype, rngs=rngs)
+    self.proj = nnx.Linear(width, width, dtype=dtype, rngs=rngs)
 
   def __call__(self, x: jax.Array) -> jax.Array:
     return x + self.proj(jax.nn.gelu(self.conv(self.norm(x))))
@@ -139,10 +152,10 @@ class TemporalConvNet(nnx.Module):
   """Stack of dilated residual blocks (non-causal: each frame sees past and future context)."""
 
   def __init__(self, width: int, kernel_size: int, dilations: Sequence[int], *,
-               rngs: nnx.Rngs):
+               dtype=jnp.float32, rngs: nnx.Rngs):
     self.blocks = nnx.List([
-        DilatedResidualBlock(width, kernel_size, d, rngs=rngs) for d in dilations])
-    self.norm = nnx.LayerNorm(width, rngs=rngs)
+        DilatedResidualBlock(width, kernel_size, d, dtype=dtype, rngs=rngs) for d in dilations])
+    self.norm = nnx.LayerNorm(width, dtype=dtype, rngs=rngs)
 
   def __call__(self, x: jax.Array) -> jax.Array:
     for block in self.blocks:
@@ -160,17 +173,18 @@ class BidirectionalGRULayer(nnx.Module):
   recurrent matmul.
   """
 
-  def __init__(self, width: int, hidden: int, *, rngs: nnx.Rngs):
+  def __init__(self, width: int, hidden: int, *, dtype=jnp.float32, rngs: nnx.Rngs):
     self.hidden = hidden
+    self.dtype = dtype
     # Gates in the order (reset, update, candidate), as in `nnx.GRUCell`; leading axis of the
     # recurrent weights is the direction (0 forward, 1 backward).
-    self.input_proj = nnx.Linear(width, 2 * 3 * hidden, rngs=rngs)
+    self.input_proj = nnx.Linear(width, 2 * 3 * hidden, dtype=dtype, rngs=rngs)
     orthogonal = jax.nn.initializers.orthogonal()
     self.recurrent_kernel = nnx.Param(jnp.stack([
         orthogonal(rngs.params(), (hidden, 3 * hidden)) for _ in range(2)]))
     self.recurrent_bias = nnx.Param(jnp.zeros((2, 3 * hidden)))
-    self.out = nnx.Linear(2 * hidden, width, rngs=rngs)
-    self.norm = nnx.LayerNorm(width, rngs=rngs)
+    self.out = nnx.Linear(2 * hidden, width, dtype=dtype, rngs=rngs)
+    self.norm = nnx.LayerNorm(width, dtype=dtype, rngs=rngs)
 
   def __call__(self, x: jax.Array) -> jax.Array:
     batch, steps, _ = x.shape
@@ -178,11 +192,14 @@ class BidirectionalGRULayer(nnx.Module):
     gates_x = self.input_proj(x).reshape(batch, steps, 2, 3 * hidden)
     gates_x = jnp.stack([gates_x[:, :, 0], jnp.flip(gates_x[:, :, 1], axis=1)])  # [2,B,T,3H]
     gates_x = jnp.moveaxis(gates_x, 2, 0)  # time first for scan: [T, 2, B, 3H]
-    recurrent_kernel = self.recurrent_kernel[...]
+    # The carry and the gates stay float32 (see the module docstring); float32 in, float32 out.
+    gates_x = gates_x.astype(jnp.float32)
+    recurrent_kernel = self.recurrent_kernel[...].astype(self.dtype)
     recurrent_bias = self.recurrent_bias[...][:, None, :]
 
     def step(h, gate_x):  # h: [2, B, H]
-      gate_h = jnp.einsum('dbh,dhg->dbg', h, recurrent_kernel) + recurrent_bias
+      gate_h = jnp.einsum('dbh,dhg->dbg', h.astype(self.dtype), recurrent_kernel,
+                          preferred_element_type=jnp.float32) + recurrent_bias
       x_reset, x_update, x_candidate = jnp.split(gate_x, 3, axis=-1)
       h_reset, h_update, h_candidate = jnp.split(gate_h, 3, axis=-1)
       reset = jax.nn.sigmoid(x_reset + h_reset)
@@ -203,9 +220,10 @@ class BidirectionalGRULayer(nnx.Module):
 class BidirectionalGRU(nnx.Module):
   """Stack of bidirectional GRU layers."""
 
-  def __init__(self, width: int, hidden: int, num_layers: int, *, rngs: nnx.Rngs):
+  def __init__(self, width: int, hidden: int, num_layers: int, *, dtype=jnp.float32,
+               rngs: nnx.Rngs):
     self.layers = nnx.List([
-        BidirectionalGRULayer(width, hidden, rngs=rngs) for _ in range(num_layers)])
+        BidirectionalGRULayer(width, hidden, dtype=dtype, rngs=rngs) for _ in range(num_layers)])
 
   def __call__(self, x: jax.Array) -> jax.Array:
     for layer in self.layers:
@@ -216,29 +234,32 @@ class BidirectionalGRU(nnx.Module):
 class CausalGRULayer(nnx.Module):
   """One forward-only GRU layer with a residual projection back to the input width."""
 
-  def __init__(self, width: int, hidden: int, *, rngs: nnx.Rngs):
+  def __init__(self, width: int, hidden: int, *, dtype=jnp.float32, rngs: nnx.Rngs):
     self.hidden = hidden
+    self.dtype = dtype
     # Gates in the order (reset, update, candidate), as in `nnx.GRUCell`.
-    self.input_proj = nnx.Linear(width, 3 * hidden, rngs=rngs)
+    self.input_proj = nnx.Linear(width, 3 * hidden, dtype=dtype, rngs=rngs)
     self.recurrent_kernel = nnx.Param(
         jax.nn.initializers.orthogonal()(rngs.params(), (hidden, 3 * hidden)))
     self.recurrent_bias = nnx.Param(jnp.zeros((3 * hidden,)))
-    self.out = nnx.Linear(hidden, width, rngs=rngs)
-    self.norm = nnx.LayerNorm(width, rngs=rngs)
+    self.out = nnx.Linear(hidden, width, dtype=dtype, rngs=rngs)
+    self.norm = nnx.LayerNorm(width, dtype=dtype, rngs=rngs)
 
   def __call__(self, x: jax.Array, valid: jax.Array | None = None) -> jax.Array:
     """`x` [B, T, width] -> [B, T, width], the carry starting at zeros. `valid` [B, T]: a step
     where it is false leaves the carry unchanged (a window that starts before a stream's first
     frame skips the frames before it)."""
-    gates_x = jnp.moveaxis(self.input_proj(x), 1, 0)  # [T, B, 3H]
+    # The carry and the gates stay float32 (see the module docstring).
+    gates_x = jnp.moveaxis(self.input_proj(x), 1, 0).astype(jnp.float32)  # [T, B, 3H]
     if valid is None:
       valid = jnp.ones(x.shape[:2], bool)
-    recurrent_kernel = self.recurrent_kernel[...]
+    recurrent_kernel = self.recurrent_kernel[...].astype(self.dtype)
     recurrent_bias = self.recurrent_bias[...]
 
     def step(h, inputs):
       gate_x, keep = inputs
-      gate_h = h @ recurrent_kernel + recurrent_bias
+      gate_h = jnp.matmul(h.astype(self.dtype), recurrent_kernel,
+                          preferred_element_type=jnp.float32) + recurrent_bias
       x_reset, x_update, x_candidate = jnp.split(gate_x, 3, axis=-1)
       h_reset, h_update, h_candidate = jnp.split(gate_h, 3, axis=-1)
       reset = jax.nn.sigmoid(x_reset + h_reset)
@@ -256,8 +277,10 @@ class CausalGRULayer(nnx.Module):
 class CausalGRU(nnx.Module):
   """Stack of forward-only GRU layers."""
 
-  def __init__(self, width: int, hidden: int, num_layers: int, *, rngs: nnx.Rngs):
-    self.layers = nnx.List([CausalGRULayer(width, hidden, rngs=rngs) for _ in range(num_layers)])
+  def __init__(self, width: int, hidden: int, num_layers: int, *, dtype=jnp.float32,
+               rngs: nnx.Rngs):
+    self.layers = nnx.List([CausalGRULayer(width, hidden, dtype=dtype, rngs=rngs)
+                            for _ in range(num_layers)])
 
   def __call__(self, x: jax.Array, valid: jax.Array | None = None) -> jax.Array:
     for layer in self.layers:
@@ -268,7 +291,9 @@ class CausalGRU(nnx.Module):
 class MultiTaskHeads(nnx.Module):
   """One hidden layer and one linear output per task, all tasks in one fused einsum pass."""
 
-  def __init__(self, width: int, hidden: int, num_tasks: int, *, rngs: nnx.Rngs):
+  def __init__(self, width: int, hidden: int, num_tasks: int, *, dtype=jnp.float32,
+               rngs: nnx.Rngs):
+    self.dtype = dtype
     self.hidden_kernel = nnx.Param(
         _lecun_normal(batch_axis=0)(rngs.params(), (num_tasks, width, hidden)))
     self.hidden_bias = nnx.Param(jnp.zeros((num_tasks, hidden)))
@@ -278,12 +303,16 @@ class MultiTaskHeads(nnx.Module):
     self.output_bias = nnx.Param(jnp.zeros((num_tasks,)))
 
   def __call__(self, x: jax.Array, dropout=None) -> jax.Array:
-    """[B, T, width] -> [B, T, num_tasks]; `dropout` applies to the hidden layer."""
-    h = jnp.einsum('btd,kdh->btkh', x, self.hidden_kernel[...]) + self.hidden_bias[...]
+    """[B, T, width] -> [B, T, num_tasks] (float32); `dropout` applies to the hidden layer."""
+    dtype = self.dtype
+    h = (jnp.einsum('btd,kdh->btkh', x.astype(dtype), self.hidden_kernel[...].astype(dtype))
+         + self.hidden_bias[...].astype(dtype))
     h = jax.nn.gelu(h)
     if dropout is not None:
       h = dropout(h)
-    return jnp.einsum('btkh,kh->btk', h, self.output_kernel[...]) + self.output_bias[...]
+    out = jnp.einsum('btkh,kh->btk', h, self.output_kernel[...].astype(dtype),
+                     preferred_element_type=jnp.float32)
+    return out + self.output_bias[...]
 
 
 class _Dropout:
@@ -314,7 +343,8 @@ def _modality_dropout(embeddings: list[jax.Array], rate: float, keys: jax.Array)
   keep = jax.vmap(lambda key: jax.random.bernoulli(key, 1.0 - rate, (count,)))(keys)  # [B, M]
   keep = jnp.where(keep.any(axis=1, keepdims=True), keep, True)
   scale = count / keep.sum(axis=1)
-  return [e * (keep[:, m] * scale)[:, None, None] for m, e in enumerate(embeddings)]
+  return [e * (keep[:, m] * scale)[:, None, None].astype(e.dtype)
+          for m, e in enumerate(embeddings)]
 
 
 def _branch(modality: str, config: ModelConfig, input_dim: int, rngs: nnx.Rngs) -> nnx.Module:
@@ -327,7 +357,8 @@ def _branch(modality: str, config: ModelConfig, input_dim: int, rngs: nnx.Rngs) 
       'egemaps_functionals': (1, config.functionals_width),
       'mocap': (1, config.mocap_width),
   }[modality]
-  return FrameBranch(modality, rows, input_dim, width, rngs=rngs)
+  return FrameBranch(modality, rows, input_dim, width, dtype=DTYPES[config.compute_dtype],
+                     rngs=rngs)
 
 
 class AVDNet(nnx.Module):
@@ -365,17 +396,20 @@ class AVDNet(nnx.Module):
     self.branches = nnx.Dict({m: _branch(m, config, input_dims[m], rngs) for m in modalities})
     fused_width = sum(branch.width for branch in self.branches.values())
     width = config.trunk_width
-    self.fusion = nnx.Linear(fused_width, width, rngs=rngs)
-    self.fusion_norm = nnx.LayerNorm(width, rngs=rngs)
+    dtype = DTYPES[config.compute_dtype]
+    self.fusion = nnx.Linear(fused_width, width, dtype=dtype, rngs=rngs)
+    self.fusion_norm = nnx.LayerNorm(width, dtype=dtype, rngs=rngs)
     self.causal = config.causal
     if config.causal:
-      self.temporal = CausalGRU(width, config.gru_hidden, config.gru_layers, rngs=rngs)
+      self.temporal = CausalGRU(width, config.gru_hidden, config.gru_layers, dtype=dtype,
+                                rngs=rngs)
     elif config.temporal == 'tcn':
       self.temporal = TemporalConvNet(
-          width, config.tcn_kernel_size, tuple(config.tcn_dilations), rngs=rngs)
+          width, config.tcn_kernel_size, tuple(config.tcn_dilations), dtype=dtype, rngs=rngs)
     else:
-      self.temporal = BidirectionalGRU(width, config.gru_hidden, config.gru_layers, rngs=rngs)
-    self.heads = MultiTaskHeads(width, config.head_hidden, num_tasks, rngs=rngs)
+      self.temporal = BidirectionalGRU(width, config.gru_hidden, config.gru_layers, dtype=dtype,
+                                       rngs=rngs)
+    self.heads = MultiTaskHeads(width, config.head_hidden, num_tasks, dtype=dtype, rngs=rngs)
     self.dropout = config.dropout
     self.modality_dropout = config.modality_dropout if len(modalities) > 1 else 0.0
 

@@ -217,7 +217,10 @@ def _check_same_run(saved: dict, config: RunConfig, info: ModelInfo, workdir: st
   resumable = RESUMABLE_CHANGES
   if config.optimizer.decay_steps is not None:
     resumable += ('num_steps',)
-  differing = leaf_differences(saved['config'], config.to_json(), ignore=resumable)
+  # Parsed first: a field added since the run was saved (model.compute_dtype) takes its
+  # default there, as it does when the checkpoint is restored.
+  saved_config = RunConfig.from_mapping(saved['config']).to_json()
+  differing = leaf_differences(saved_config, config.to_json(), ignore=resumable)
   if any(d.startswith('num_steps:') for d in differing):
     differing.append('(num_steps sets the length of the cosine learning-rate decay, so the run '
                      'would not continue as it started; to train a run longer than it planned, '

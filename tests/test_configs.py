@@ -108,3 +108,19 @@ def test_dataset_specs_name_prepared_configs():
       'synthetic_avd:tiny')
   with pytest.raises(ConfigError, match='names configs'):
     run_config.DatasetSpec.parse('synthetic_avd:tiny,default')
+
+
+def test_a_run_saved_before_compute_dtype_resumes_with_the_default():
+  # Workdirs written before `model.compute_dtype` existed: their config lacks the field.
+  from ccc_jax import train  # pylint: disable=g-import-not-at-top
+  from ccc_jax.errors import CheckpointError  # pylint: disable=g-import-not-at-top
+  config = cli.run_config(synthetic.get_config('tiny'))
+  info = run_config.ModelInfo(tasks=config.tasks, input_dims={'audio': 640}, stats={},
+                              window=100, hop=50, sample_rate=16000, label_rate=25,
+                              dataset=config.dataset)
+  saved = {'config': config.to_json(), 'model_info': info.to_json()}
+  del saved['config']['model']['compute_dtype']
+  train._check_same_run(saved, config, info, 'w')  # pylint: disable=protected-access
+  bf16 = cli.run_config(synthetic.get_config('tiny,bf16'))
+  with pytest.raises(CheckpointError, match="model.compute_dtype: 'float32' -> 'bfloat16'"):
+    train._check_same_run(saved, bf16, info, 'w')  # pylint: disable=protected-access

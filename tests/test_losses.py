@@ -50,6 +50,19 @@ def test_ccc_float32_large_mean_small_spread():
   assert got == pytest.approx(expected, rel=1e-4)
 
 
+def test_bfloat16_predictions_give_float32_moments():
+  # Mixed precision: the loss's sums must not be taken in bfloat16 (8 bits of mantissa).
+  rng = np.random.default_rng(0)
+  truth = rng.normal(size=(4, 50, 2)).astype(np.float32)
+  prediction = (truth + 0.3 * rng.normal(size=truth.shape)).astype(np.float32)
+  as_bf16 = jnp.asarray(prediction, jnp.bfloat16)
+  m = losses.moments(as_bf16, truth)
+  assert all(x.dtype == jnp.float32 for x in m)
+  np.testing.assert_allclose(
+      losses.per_task_loss('ccc', as_bf16, truth),
+      losses.per_task_loss('ccc', as_bf16.astype(jnp.float32), truth), rtol=1e-6)
+
+
 def test_pcc_matches_scipy():
   rng = np.random.default_rng(1)
   truth = rng.normal(size=(3, 50, 2))

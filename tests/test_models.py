@@ -194,6 +194,7 @@ def test_frame_branches_name_a_wrong_input_shape(modality, shape, message):
     ({'modalities': ()}, 'empty'),
     ({'temporal': 'lstm'}, 'lstm'),
     ({'audio_strides': (10, 4, 4, 2)}, 'audio_strides'),
+    ({'compute_dtype': 'float16'}, 'compute_dtype'),
 ])
 def test_invalid_config_refused(overrides, message):
   with pytest.raises(ValueError, match=message):
@@ -241,6 +242,34 @@ def test_gradients_finite_and_reach_every_param(inputs, temporal):
   for path, g in jax.tree_util.tree_leaves_with_path(grad(params)):
     assert np.all(np.isfinite(g)), path
     assert np.any(g != 0), path
+
+
+def test_bfloat16_compute_keeps_float32_params_outputs_and_gradients(inputs):
+  # Same seed: the same float32 parameters (names, shapes, values), so checkpoints and the
+  # optimiser do not depend on the compute dtype; outputs near float32's, float32 themselves.
+  # Compiled with the TCN (the GRU's scan compiles several times slower); the GRU models are
+  # traced only, for their output dtype.
+  _, graphdef, params, apply = built()
+  model = models.AVDNet(small_config(compute_dtype='bfloat16'), num_tasks=3,
+                        input_dims=INPUT_DIMS, rngs=nnx.Rngs(0))
+  graphdef_bf16, params_bf16 = nnx.split(model, nnx.Param)
+  jax.tree.map(np.testing.assert_array_equal, params, params_bf16)
+
+  def objective(p):
+    outputs = nnx.merge(graphdef_bf16, p)(inputs)
+    return jnp.mean(outputs ** 2), outputs
+  (_, outputs), grads = jax.jit(jax.value_and_grad(objective, has_aux=True))(params_bf16)
+  assert outputs.dtype == jnp.float32
+  reference = apply(params, inputs)
+  assert not np.array_equal(outputs, reference)  # really computed in bfloat16
+  np.testing.assert_allclose(outputs, reference, atol=0.05 * float(jnp.max(jnp.abs(reference))))
+  for path, g in jax.tree_util.tree_leaves_with_path(grads):
+    assert g.dtype == jnp.float32 and np.all(np.isfinite(g)), path
+  for variant in ({'temporal': 'gru'}, {'causal': True, 'temporal': 'gru',
+                                        'modalities': ('audio', 'logmel', 'mocap')}):
+    other = models.AVDNet(small_config(compute_dtype='bfloat16', **variant), num_tasks=3,
+                          input_dims=INPUT_DIMS, rngs=nnx.Rngs(0))
+    assert jax.eval_shape(other, inputs).dtype == jnp.float32, variant
 
 
 def test_data_parallel_shard_map_matches_one_device():

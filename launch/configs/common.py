@@ -98,6 +98,9 @@ VARIANTS: dict[str, Variant] = {
                                     'model.recording_norm': (), 'model.label_delay': 0}),
                'causal model (sees only the past; unidirectional GRU): can be streamed live '
                'with launch.stream'),
+    'bf16': (_setter('bf16', **{'model.compute_dtype': 'bfloat16'}),
+             'mixed precision: layers compute in bfloat16, parameters, optimiser and loss '
+             'moments stay float32 (pays on GPU/TPU, slower on CPU)'),
     'pmap': (_setter('pmap', parallel='pmap'), 'literal jax.pmap train step'),
     'seeds': (_seeds, 'seeds=N trains seeds 0..N-1 together'),
 }
