@@ -13,6 +13,7 @@ Owns everything between a prepared TFDS ArrayRecord dataset and a host batch of 
 
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
 import json
 import os
@@ -233,16 +234,45 @@ def train_dataset(corpus: Corpus, *, tasks: Sequence[str], modalities: Sequence[
   return _process_batches(dataset, global_batch, process_index, process_count)
 
 
-def train_order(corpus: Corpus, *, global_batch: int, seed: int, process_index: int = 0,
-                process_count: int = 1) -> grain.MapDataset:
-  """The training windows' indices in `train_dataset`'s order: element `j` is the int64
-  `[local_batch]` array of the windows of this process's part of global batch `j`. The same
-  grain shuffle, repeat, batch and slice over the indices instead of the windows, so that the
-  device-resident path gathers exactly the host pipeline's batches."""
-  count = len(corpus.source('train'))
-  _check_batch(corpus, count, global_batch, process_count)
-  return _process_batches(_shuffled(grain.MapDataset.range(count), seed), global_batch,
-                          process_index, process_count)
+class WindowOrder:
+  """The training windows' numbers in `train_dataset`'s order, for the device-resident path.
+
+  `batch(j)` is the int32 `[local_batch]` window numbers of this process's part of global batch
+  `j`: elements `[jB + p b, jB + (p + 1) b)` of the shuffled, repeated stream (`b = B / P`), as
+  `train_dataset` batches and slices it. The stream is grain's own: the same `shuffle(seed)`
+  and `repeat()` over the window numbers instead of the windows, taken one whole epoch at a
+  time (grain's index shuffle costs about 10-100 us a window in Python, too slow to run per
+  step ahead of an accelerator), the next epoch computed in a background thread meanwhile.
+  """
+
+  def __init__(self, corpus: Corpus, *, global_batch: int, seed: int, process_index: int = 0,
+               process_count: int = 1):
+    self.count = len(corpus.source('train'))
+    _check_batch(corpus, self.count, global_batch, process_count)
+    self.global_batch, self.local_batch = global_batch, global_batch // process_count
+    self.offset = process_index * self.local_batch
+    self._epochs = _shuffled(grain.MapDataset.range(self.count), seed).batch(self.count)
+    self._pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix='window_order')
+    self._cache: dict[int, concurrent.futures.Future] = {}
+
+  def _epoch(self, epoch: int) -> np.ndarray:
+    self._epoch_ahead(epoch)
+    return self._cache[epoch].result()
+
+  def batch(self, step: int) -> np.ndarray:
+    start = step * self.global_batch + self.offset
+    stop = start + self.local_batch
+    first, last = start // self.count, (stop - 1) // self.count
+    stream = np.concatenate([self._epoch(e) for e in range(first, last + 1)])
+    for epoch in [e for e in self._cache if e < first]:
+      del self._cache[epoch]
+    self._epoch_ahead(last + 1)
+    return stream[start - first * self.count:stop - first * self.count]
+
+  def _epoch_ahead(self, epoch: int) -> None:
+    if epoch not in self._cache:
+      self._cache[epoch] = self._pool.submit(
+          lambda: np.asarray(self._epochs[epoch], np.int32))
 
 
 def _shuffled(dataset: grain.MapDataset, seed: int) -> grain.MapDataset:
@@ -302,7 +332,7 @@ def gather_windows(resident: dict[str, Any], ids: dict[str, Any]) -> dict[str, A
   """A training batch gathered from the device-resident split (a per-device program).
 
   `resident`: `{'windows': read_train_split(...), 'norms': normalisation(...)}` as device
-  arrays; `ids`: `index` (`[seeds, batch]` window numbers from `train_order`), `seed` and
+  arrays; `ids`: `index` (`[seeds, batch]` window numbers from `WindowOrder`), `seed` and
   `example` (from `train.identify_examples`). Returns what the host pipeline's batch holds, the
   same values bit for bit: the windows are gathered as stored, then `training_inputs` decodes
   and normalises them with the same float32 operations.

@@ -229,14 +229,14 @@ class _HostFeed:
 class _DeviceFeed:
   """Batches gathered on the devices from the training split uploaded there once.
 
-  Global batch `step` of seed `s` is the windows `input_pipeline.train_order` gives (grain's own
+  Global batch `step` of seed `s` is the windows `input_pipeline.WindowOrder` gives (grain's own
   shuffle over the window numbers), so the batches are those of `_HostFeed`, bit for bit; only
   their `[seeds, local_batch]` window numbers go to the devices per step.
   """
 
   def __init__(self, config: RunConfig, corpus, parallel: sharding.DataParallel,
                first_example: int):
-    self.orders = [input_pipeline.train_order(
+    self.orders = [input_pipeline.WindowOrder(
         corpus, global_batch=config.global_batch, seed=int(seed),
         process_index=jax.process_index(), process_count=jax.process_count())
         for seed in config.seeds]
@@ -249,7 +249,7 @@ class _DeviceFeed:
 
   def indices(self, step: int) -> np.ndarray:
     """`[seeds, local_batch]` int32: this process's windows of global batch `step`."""
-    return np.stack([np.asarray(order[step], np.int32) for order in self.orders])
+    return np.stack([order.batch(step) for order in self.orders])
 
   def batch(self, step: int) -> dict[str, jax.Array]:
     ids = identify_examples({'index': self.indices(step)}, self.seeds, self.first_example)

@@ -178,6 +178,7 @@ def test_predict_on_a_full_disk_leaves_no_partial_file(workdir, tmp_path, capsys
     ('num_steps', 0, 'num_steps must be positive, got 0'),
     ('num_steps', -5, 'num_steps must be positive, got -5'),
     ('global_batch', 0, 'global_batch must be positive, got 0'),
+    ('data_placement', 'gpu', "data_placement must be one of auto, device, host; got 'gpu'"),
 ])
 def test_impossible_config_values_are_refused(field, value, message, capsys):
   from launch.configs import synthetic  # pylint: disable=g-import-not-at-top
