@@ -153,7 +153,9 @@ def data_path_lines(results: dict[str, Any]) -> list[str]:
     rows.append((f"{r['placement']} (run {key.rsplit('_', 1)[1]})",
                  f"{r['steps_per_s']:.2f}", f"{r['windows_per_s']:.0f}",
                  f"{r['compute_step_s'] * 1e3:.0f}", f"{r['loop_step_s'] * 1e3:.0f}",
-                 f"{100 * r['device_wait_fraction']:.0f}%", f"{100 * r['blocked_fraction']:.1f}%",
+                 f"{100 * r['device_wait_fraction']:.0f}%",
+                 f"{r['blocked_fraction'] * r['loop_step_s'] * 1e3:.1f} "
+                 f"({100 * r['blocked_fraction']:.1f}%)",
                  f"{r['batch_s'] * 1e3:.2f}", f"{r['feed_limit_windows_per_s']:,.0f}",
                  f"{r['setup_s']:.1f}", f"{r['host_peak_mib']:.0f}", _device_mib(r)))
   if not rows:
@@ -161,7 +163,8 @@ def data_path_lines(results: dict[str, Any]) -> list[str]:
   first = results[next(k for k in results if k.startswith('data_'))]
   return ['', f"trainer loop by data path ({first['devices']} device(s), global batch "
           f"{first['global_batch']}, {first['loop_steps']} steps as the trainer runs them; "
-          'device waits: 1 - step alone / loop step; blocked: loop time inside feed.batch; '
+          'device waits: 1 - step alone / loop step; blocked: loop time inside feed.batch, ms per '
+          'step (share); '
           'batch alone: one batch made and placed with the devices idle, the rate the host can '
           'feed; setup: reading (device: and uploading) the split)',
           _columns(('data path', 'steps/s', 'windows/s', 'step alone ms', 'loop ms/step',

@@ -9,6 +9,10 @@ Owns everything between a prepared TFDS ArrayRecord dataset and a host batch of 
   global batch. Global batch `j` is always elements `[j B, (j + 1) B)` of the shuffled, repeated
   stream, whatever the number of processes: process `p` of `P` reads the `p`-th contiguous chunk.
   So one process with four devices and two processes with two each train on the same batches.
+- The device-resident path's pieces (`train._DeviceFeed` puts them together): `read_train_split`
+  (the split as stored, read once), `WindowOrder` (the window numbers of `train_dataset`'s
+  batches, from the same grain shuffle) and `gather_windows` (a batch gathered and normalised
+  on a device). `normalisation` and `model_inputs` are the one normalisation of both paths.
 """
 
 from __future__ import annotations

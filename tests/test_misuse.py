@@ -420,7 +420,7 @@ def test_ctrl_c_says_where_it_stopped_and_how_to_resume(tiny_data_dir, tmp_path,
   monkeypatch.setattr(input_pipeline.SeedIterators, '__next__', interrupted)
   workdir = tmp_path / 'run'
   _one_line(capsys, Case('train', lambda: train.train_and_evaluate(
-      tiny_config(tiny_data_dir), str(workdir)),
+      tiny_config(tiny_data_dir, data_placement='host'), str(workdir)),
       ('interrupted at step 12', 'keeps its checkpoint of step 10', 'run the same command to '
        'resume'), status=130))
   assert checkpoints.restore_model(str(workdir), 'latest').step == 10
