@@ -140,7 +140,7 @@ def measure_data_paths(stage, sizes, data_dir: str, devices: int, on_cpu: bool) 
     for placement in DATA_PATHS:
       stage(f'data_{placement}_{run}', 'data_path',
             {'placement': placement, 'devices': devices, 'data_dir': data_dir,
-             'compute_steps': steps // 2, 'batches': steps, 'loop_steps': steps},
+             'round_steps': 10, 'batches': steps, 'loop_steps': steps},
             cpu_devices=devices if on_cpu else None)
 
 
@@ -162,7 +162,8 @@ def data_path_lines(results: dict[str, Any]) -> list[str]:
     return []
   first = results[next(k for k in results if k.startswith('data_'))]
   return ['', f"trainer loop by data path ({first['devices']} device(s), global batch "
-          f"{first['global_batch']}, {first['loop_steps']} steps as the trainer runs them; "
+          f"{first['global_batch']}, {first['loop_steps']} steps as the trainer runs them, "
+          'alternating with as many steps alone in rounds of 10; '
           'device waits: 1 - step alone / loop step; blocked: loop time inside feed.batch, ms per '
           'step (share); '
           'batch alone: one batch made and placed with the devices idle, the rate the host can '

@@ -234,13 +234,14 @@ def data_path(args) -> dict[str, Any]:
 
   Three timings on the same compiled step (`train.compiled_train_step`) and feed
   (`train.training_feed`, as the trainer builds them):
-  - `compute_step_s`: the step alone, on a batch already on the devices (median);
   - `batch_s`: a batch alone, made and placed on the devices while they are otherwise idle
     (mean over `batches`): the host's rate limit, whatever the devices' speed;
-  - the loop as the trainer runs it (`loop_steps` steps: next batch, step, no waiting; JAX's
-    asynchronous dispatch overlaps the two). The devices waited for data for the loop's time
-    beyond `loop_steps` steps alone: `device_wait_fraction` = 1 - compute / loop per step (0
-    when within noise below). `blocked_fraction`: the loop's time spent in `feed.batch`.
+  - `compute_step_s`: the step alone, on a batch already on the devices, each step waited for;
+  - `loop_step_s`: the loop as the trainer runs it (next batch, step, no waiting; JAX's
+    asynchronous dispatch overlaps the two). The two alternate in rounds of `round_steps`
+    (`loop_steps` in all), so both see the same load. The devices waited for data for the
+    loop's time beyond the steps alone: `device_wait_fraction` = 1 - compute / loop (0 when
+    within noise below). `blocked_fraction`: the loop's time spent in `feed.batch`.
   """
   config, corpus, model_info = _default_setup(args['data_dir'])
   config = config.replace(data_placement=args['placement'])
@@ -258,40 +259,42 @@ def data_path(args) -> dict[str, Any]:
   first_step_s = time.perf_counter() - start
   step = 1
 
-  batch = feed.batch(step)
-  _block_all(batch)
-  compute = []
-  for _ in range(args['compute_steps']):
-    start = time.perf_counter()
-    state, metrics = step_fn(state, batch)
-    _block_all(metrics)
-    compute.append(time.perf_counter() - start)
-  compute_step_s = common.median(compute)
-
   start = time.perf_counter()
   for _ in range(args['batches']):
     step += 1
     _block_all(feed.batch(step))
   batch_s = (time.perf_counter() - start) / args['batches']
 
-  blocked = 0.0
-  start = time.perf_counter()
-  for _ in range(args['loop_steps']):
-    step += 1
-    tic = time.perf_counter()
+  # The step alone and the loop in alternating rounds of `round_steps`, so that a shared
+  # machine's changing load falls on both alike.
+  compute_s = loop_s = blocked = 0.0
+  rounds = max(1, args['loop_steps'] // args['round_steps'])
+  for _ in range(rounds):
     batch = feed.batch(step)
-    blocked += time.perf_counter() - tic
-    state, metrics = step_fn(state, batch)
-  _block_all((state, metrics))
-  loop_s = time.perf_counter() - start
-  loop_step_s = loop_s / args['loop_steps']
+    _block_all(batch)
+    for _ in range(args['round_steps']):
+      start = time.perf_counter()
+      state, metrics = step_fn(state, batch)
+      _block_all(metrics)
+      compute_s += time.perf_counter() - start
+    start = time.perf_counter()
+    for _ in range(args['round_steps']):
+      step += 1
+      tic = time.perf_counter()
+      batch = feed.batch(step)
+      blocked += time.perf_counter() - tic
+      state, metrics = step_fn(state, batch)
+    _block_all((state, metrics))
+    loop_s += time.perf_counter() - start
+  steps = rounds * args['round_steps']
+  compute_step_s, loop_step_s = compute_s / steps, loop_s / steps
   windows = config.global_batch * len(config.seeds)
   return {
       'placement': placement.kind, 'describe': placement.describe(),
       'split_mib': placement.split_bytes / common.MIB, 'devices': len(devices),
       'global_batch': config.global_batch, 'seeds': len(config.seeds), 'setup_s': setup_s,
       'first_step_s': first_step_s, 'compute_step_s': compute_step_s, 'batch_s': batch_s,
-      'feed_limit_windows_per_s': windows / batch_s, 'loop_steps': args['loop_steps'],
+      'feed_limit_windows_per_s': windows / batch_s, 'loop_steps': steps,
       'loop_step_s': loop_step_s, 'steps_per_s': 1 / loop_step_s,
       'windows_per_s': windows / loop_step_s, 'blocked_fraction': blocked / loop_s,
       'device_wait_fraction': max(0.0, 1 - compute_step_s / loop_step_s),
