@@ -66,16 +66,17 @@ _KEEP = flags.DEFINE_string('keep', None, '--suite=prepare: prepare the large co
 DATASET = 'synthetic_avd/default'  # launch/configs/synthetic.py's default
 SEEDS = 3  # as in the experiment grid
 PIPELINE_WORKERS = (0, 1, 2)
+DATA_PATHS = ('host', 'device')  # RunConfig.data_placement; each run `data_path_runs` times
 CPU_DEVICE_COUNTS = (1, 2, 4, 8)
 
 # Sizes of each measurement. Full: enough repeats that the medians settle on a shared machine.
 SIZES = {
     'quick': dict(prepare_repeats=1, matmul_repeats=5, batches=4, check_steps=3, steps=5,
                   loop_steps=6, pipeline_batches=30, parts_repeats=5, inference_seconds=600,
-                  inference_repeats=2),
+                  inference_repeats=2, data_path_runs=1, data_path_steps=20),
     'full': dict(prepare_repeats=3, matmul_repeats=20, batches=8, check_steps=5, steps=30,
                  loop_steps=30, pipeline_batches=200, parts_repeats=15, inference_seconds=3600,
-                 inference_repeats=3),
+                 inference_repeats=3, data_path_runs=2, data_path_steps=60),
 }
 MATMUL_SIZE = {'cpu': 4096, 'gpu': 8192, 'tpu': 8192}
 
@@ -249,6 +250,7 @@ def measure(quick: bool, data_dir: str, log=print) -> dict[str, Any]:
     for workers in PIPELINE_WORKERS:
       stage(f'pipeline_{workers}', 'pipeline', {'workers': workers, 'data_dir': data_dir,
                                                 'batches': sizes['pipeline_batches']})
+    measure_data_paths(stage, sizes, data_dir, main_count, on_cpu)
     stage('parts', 'parts', {'devices': main_count, 'data_dir': data_dir,
                              'repeats': sizes['parts_repeats']})
     stage('inference', 'inference', {'seconds_of_audio': sizes['inference_seconds'],
@@ -316,6 +318,47 @@ def format_precision(results: dict[str, Any]) -> str:
       _columns(('compute dtype', 'ms/step', 'windows/s', 'vs float32', 'compile s',
                 'MFLOP/window', 'GFLOP/s', 'matmul GFLOP/s', 'of peak', 'loss difference'),
                rows)])
+
+
+def measure_data_paths(stage, sizes, data_dir: str, devices: int, on_cpu: bool) -> None:
+  """The trainer's loop with each data path (`benchmarks.stages.data_path`), alternated
+  (host, device, host, device, ...) so that a shared machine's load falls on both alike."""
+  steps = sizes['data_path_steps']
+  for run in range(sizes['data_path_runs']):
+    for placement in DATA_PATHS:
+      stage(f'data_{placement}_{run}', 'data_path',
+            {'placement': placement, 'devices': devices, 'data_dir': data_dir,
+             'round_steps': 10, 'batches': steps, 'loop_steps': steps},
+            cpu_devices=devices if on_cpu else None)
+
+
+def data_path_lines(results: dict[str, Any]) -> list[str]:
+  """The table of the trainer's loop with each data path (rows of `measure_data_paths`)."""
+  rows = []
+  for key in sorted((k for k in results if k.startswith('data_')),
+                    key=lambda k: (k.rsplit('_', 1)[1], DATA_PATHS.index(k.split('_')[1]))):
+    r = results[key]
+    rows.append((f"{r['placement']} (run {key.rsplit('_', 1)[1]})",
+                 f"{r['steps_per_s']:.2f}", f"{r['windows_per_s']:.0f}",
+                 f"{r['compute_step_s'] * 1e3:.0f}", f"{r['loop_step_s'] * 1e3:.0f}",
+                 f"{100 * r['device_wait_fraction']:.0f}%",
+                 f"{r['blocked_fraction'] * r['loop_step_s'] * 1e3:.1f} "
+                 f"({100 * r['blocked_fraction']:.1f}%)",
+                 f"{r['batch_s'] * 1e3:.2f}", f"{r['feed_limit_windows_per_s']:,.0f}",
+                 f"{r['setup_s']:.1f}", f"{r['host_peak_mib']:.0f}", _device_mib(r)))
+  if not rows:
+    return []
+  first = results[next(k for k in results if k.startswith('data_'))]
+  return ['', f"trainer loop by data path ({first['devices']} device(s), global batch "
+          f"{first['global_batch']}, {first['loop_steps']} steps as the trainer runs them, "
+          'alternating with as many steps alone in rounds of 10; '
+          'device waits: 1 - step alone / loop step; blocked: loop time inside feed.batch, ms per '
+          'step (share); '
+          'batch alone: one batch made and placed with the devices idle, the rate the host can '
+          'feed; setup: reading (device: and uploading) the split)',
+          _columns(('data path', 'steps/s', 'windows/s', 'step alone ms', 'loop ms/step',
+                    'device waits', 'blocked', 'batch alone ms', 'feed limit windows/s',
+                    'setup s', 'host MiB', 'device MiB'), rows)]
 
 
 def derive(results: dict[str, Any], counts: list[int], main_count: int) -> dict[str, Any]:
@@ -446,6 +489,8 @@ def format_table(results: dict[str, Any]) -> str:
                          f'{total * 1e3:.0f}',
                          f"{loop['overlapped_step_s'] * 1e3:.0f} = "
                          f"{loop['overlapped_windows_per_s']:.1f} windows/s")])]
+
+  lines += data_path_lines(results)
 
   parts = results['parts']
   step_cpu_s = parts['parts']['train step']['cpu_seconds']

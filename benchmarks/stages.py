@@ -16,6 +16,10 @@ Owns what is timed and how, always through the project's own code paths:
   forward pass (`evaluation.predict_windows`); and, with `loop_steps`, the trainer's loop split
   into data loading, host-to-device and step compute. `compute_dtype` sets the model's
   (`ModelConfig.compute_dtype`: 'bfloat16' is the mixed-precision step).
+- `data_path`: the trainer's loop with one data path (`train.training_feed` with
+  `data_placement` 'host' or 'device'): the step alone on a batch already on the devices, the
+  batches alone (the devices idle), and the loop as the trainer runs it (asynchronous dispatch),
+  whose excess over the step alone is the time the devices waited for data.
 - `pipeline`: the trainer's input iterators alone (`train.seed_iterators`) with `workers`.
 - `parts`: where a step's compute goes: forward+backward of the whole model, of each modality
   branch alone and of each convolution of the raw-audio branch (the model's own sub-modules),
@@ -282,6 +286,79 @@ def _training_loop(parallel, compiled, state, iterators, steps: int,
   return result
 
 
+def data_path(args) -> dict[str, Any]:
+  """The trainer's loop fed by one data path, `args['placement']` ('host' or 'device').
+
+  Three timings on the same compiled step (`train.compiled_train_step`) and feed
+  (`train.training_feed`, as the trainer builds them):
+  - `batch_s`: a batch alone, made and placed on the devices while they are otherwise idle
+    (mean over `batches`): the host's rate limit, whatever the devices' speed;
+  - `compute_step_s`: the step alone, on a batch already on the devices, each step waited for;
+  - `loop_step_s`: the loop as the trainer runs it (next batch, step, no waiting; JAX's
+    asynchronous dispatch overlaps the two). The two alternate in rounds of `round_steps`
+    (`loop_steps` in all), so both see the same load. The devices waited for data for the
+    loop's time beyond the steps alone: `device_wait_fraction` = 1 - compute / loop (0 when
+    within noise below). `blocked_fraction`: the loop's time spent in `feed.batch`.
+  """
+  config, corpus, model_info = _default_setup(args['data_dir'])
+  config = config.replace(data_placement=args['placement'])
+  devices = jax.devices()[:args['devices']]
+  parallel = sharding.DataParallel(sharding.make_mesh(devices), config.parallel)
+  graphdef, state = train.create_state(config, model_info)
+  state = parallel.put_state(state)
+  step_fn = train.compiled_train_step(graphdef, config, parallel)
+  start = time.perf_counter()
+  placement, feed = train.training_feed(config, corpus, parallel)
+  setup_s = time.perf_counter() - start  # reading (and for 'device', uploading) the split
+  start = time.perf_counter()
+  state, metrics = step_fn(state, feed.batch(0))  # compiles the step (and the gather)
+  _block_all(metrics)
+  first_step_s = time.perf_counter() - start
+  step = 1
+
+  start = time.perf_counter()
+  for _ in range(args['batches']):
+    step += 1
+    _block_all(feed.batch(step))
+  batch_s = (time.perf_counter() - start) / args['batches']
+
+  # The step alone and the loop in alternating rounds of `round_steps`, so that a shared
+  # machine's changing load falls on both alike.
+  compute_s = loop_s = blocked = 0.0
+  rounds = max(1, args['loop_steps'] // args['round_steps'])
+  for _ in range(rounds):
+    batch = feed.batch(step)
+    _block_all(batch)
+    for _ in range(args['round_steps']):
+      start = time.perf_counter()
+      state, metrics = step_fn(state, batch)
+      _block_all(metrics)
+      compute_s += time.perf_counter() - start
+    start = time.perf_counter()
+    for _ in range(args['round_steps']):
+      step += 1
+      tic = time.perf_counter()
+      batch = feed.batch(step)
+      blocked += time.perf_counter() - tic
+      state, metrics = step_fn(state, batch)
+    _block_all((state, metrics))
+    loop_s += time.perf_counter() - start
+  steps = rounds * args['round_steps']
+  compute_step_s, loop_step_s = compute_s / steps, loop_s / steps
+  windows = config.global_batch * len(config.seeds)
+  return {
+      'placement': placement.kind, 'describe': placement.describe(),
+      'split_mib': placement.split_bytes / common.MIB, 'devices': len(devices),
+      'global_batch': config.global_batch, 'seeds': len(config.seeds), 'setup_s': setup_s,
+      'first_step_s': first_step_s, 'compute_step_s': compute_step_s, 'batch_s': batch_s,
+      'feed_limit_windows_per_s': windows / batch_s, 'loop_steps': steps,
+      'loop_step_s': loop_step_s, 'steps_per_s': 1 / loop_step_s,
+      'windows_per_s': windows / loop_step_s, 'blocked_fraction': blocked / loop_s,
+      'device_wait_fraction': max(0.0, 1 - compute_step_s / loop_step_s),
+      'device_peak_mib': [common.device_peak_mib(d) for d in devices],
+  }
+
+
 def pipeline(args) -> dict[str, Any]:
   """Windows per second of the trainer's input iterators alone, with `workers` processes."""
   config, corpus, _ = _default_setup(args['data_dir'])
@@ -410,8 +487,8 @@ def inference(args) -> dict[str, Any]:
 
 
 STAGES = {'info': info, 'matmul': matmul, 'prepare': prepare, 'compare': compare_prepared,
-          'train': train_step,
-          'pipeline': pipeline, 'parts': parts, 'inference': inference}
+          'train': train_step, 'pipeline': pipeline, 'parts': parts, 'inference': inference,
+          'data_path': data_path}
 
 
 def main(argv):

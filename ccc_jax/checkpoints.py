@@ -9,7 +9,10 @@ whatever number of devices trained it; no optimiser state is read). One abstract
     <workdir>/checkpoints/best/<step>/{params, run}
 
 `params` and `opt_state` are array trees (parameters stacked over seeds); `data` is every
-process's grain iterator state (grain's Orbax handler, one file per process); `run` is JSON: the
+process's grain iterator state (grain's Orbax handler, one file per process). A run whose
+training data is on the devices saves there the state its host iterators would have at that
+step (`SeedIterators.state_at`), so that either data path resumes from either's checkpoint; it
+reads none back itself (its position in the data is the step); `run` is JSON: the
 `RunConfig`, the `ModelInfo` (tasks, input sizes, normalisation statistics) and, for `best`, the
 dev table.
 
@@ -100,14 +103,15 @@ class Checkpoints:
   def latest_step(self) -> int | None:
     return self.latest.latest_step()
 
-  def save_latest(self, step: int, state, iterators, run_info: dict) -> None:
-    """Saves asynchronously; `state` must not be modified afterwards (pass a copy)."""
+  def save_latest(self, step: int, state, data_state: bytes, run_info: dict) -> None:
+    """Saves asynchronously; `state` must not be modified afterwards (pass a copy).
+    `data_state`: the data iterators' position now (`SeedIterators.get_state()`), captured
+    before the call, since the async save may read its item after training has drawn further
+    batches."""
     self.latest.save(step, args=ocp.args.Composite(
         params=ocp.args.StandardSave(state.params),
         opt_state=ocp.args.StandardSave(state.opt_state),
-        # The iterators' position now: the async save may read its item after training has
-        # drawn further batches.
-        data=grain.checkpoint.CheckpointSave(_IteratorState(iterators.get_state())),
+        data=grain.checkpoint.CheckpointSave(_IteratorState(data_state)),
         run=ocp.args.JsonSave(run_info)))
 
   def save_best(self, step: int, params, run_info: dict, score: float) -> None:
@@ -131,11 +135,14 @@ class Checkpoints:
 
   def restore_training(self, step: int, state, iterators, replicated, config: RunConfig,
                        info: ModelInfo):
-    """Restores params, optimiser state (placed with `replicated`) and the iterators."""
-    restored = self.latest.restore(step, args=ocp.args.Composite(
+    """Restores params, optimiser state (placed with `replicated`) and the iterators (None:
+    the run reads its data by step, and the saved position is not read)."""
+    items = dict(
         params=ocp.args.StandardRestore(abstract_params(config, info, replicated)[1]),
-        opt_state=ocp.args.StandardRestore(_abstract(state.opt_state, replicated)),
-        data=grain.checkpoint.CheckpointRestore(iterators)))
+        opt_state=ocp.args.StandardRestore(_abstract(state.opt_state, replicated)))
+    if iterators is not None:
+      items['data'] = grain.checkpoint.CheckpointRestore(iterators)
+    restored = self.latest.restore(step, args=ocp.args.Composite(**items))
     return state.replace(step=jax.numpy.full_like(state.step, step), params=restored['params'],
                          opt_state=restored['opt_state'])
 

@@ -46,6 +46,10 @@ TEMPORAL_MODELS = ('tcn', 'gru')
 # and the loss's moments stay float32 whatever it is.
 COMPUTE_DTYPES = ('float32', 'bfloat16')
 PARALLEL_MODES = ('shard_map', 'pmap')
+# Where the training split is read from: 'device' (uploaded once, each batch gathered on the
+# devices), 'host' (the grain pipeline), 'auto' (the devices when the split fits the budget of
+# `sharding.resident_budget`). Both give the same batches.
+DATA_PLACEMENTS = ('auto', 'device', 'host')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -228,6 +232,9 @@ class RunConfig:
   eval_batch: int = 64
   data_workers: int = 0
   prefetch: int = 4
+  # One of DATA_PLACEMENTS; changes the speed only (the same batches either way), so a run may
+  # be resumed with another one.
+  data_placement: str = 'auto'
 
   def __post_init__(self):
     _require(self.tasks, 'tasks', 'at least one task')
@@ -242,6 +249,7 @@ class RunConfig:
                           f'{self.task_weights}')
     _choice(self.loss, LOSSES, 'loss')
     _choice(self.parallel, PARALLEL_MODES, 'parallel')
+    _choice(self.data_placement, DATA_PLACEMENTS, 'data_placement')
     _require(self.seeds, 'seeds', 'at least one seed')
     if len(set(self.seeds)) != len(self.seeds) or min(self.seeds) < 0:
       raise ConfigError(f'seeds must be distinct non-negative integers, got {self.seeds}')

@@ -11,10 +11,15 @@ Owns everything between a prepared TFDS ArrayRecord dataset and a host batch of 
   global batch. Global batch `j` is always elements `[j B, (j + 1) B)` of the shuffled, repeated
   stream, whatever the number of processes: process `p` of `P` reads the `p`-th contiguous chunk.
   So one process with four devices and two processes with two each train on the same batches.
+- The device-resident path's pieces (`train._DeviceFeed` puts them together): `read_train_split`
+  (the split as stored, read once), `WindowOrder` (the window numbers of `train_dataset`'s
+  batches, from the same grain shuffle) and `gather_windows` (a batch gathered and normalised
+  on a device). `normalisation` and `model_inputs` are the one normalisation of both paths.
 """
 
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
 import json
 import os
@@ -209,38 +214,72 @@ def input_stats(corpus_stats: dict[str, Any], recording_stats: dict[str, Any] | 
 def normalise(example: dict[str, np.ndarray], stats: dict[str, Any],
               modalities: Sequence[str]) -> dict[str, np.ndarray]:
   """Z-normalises the model inputs with `stats` (the training split's, or `input_stats`);
-  returns only `modalities`.
+  returns only `modalities`. Stored int16 audio is decoded first (`decode_audio`); float audio
+  (inference) is taken as it is."""
+  return model_inputs(example, normalisation(stats, modalities), np)
 
-  Stored int16 audio is decoded first (`decode_audio`); float audio (inference) is taken as it
-  is.
+
+def normalisation(stats: dict[str, Any], modalities: Sequence[str]) -> dict[str, dict]:
+  """Per modality, the float32 `mean` and `inverse_std` (of the std floored at 1e-6) that
+  `model_inputs` applies.
+
+  A multiplication by the inverse, not a division by the std: float32 multiplication is
+  correctly rounded on every backend, division is not (jitted on XLA:CPU, jax 0.10.2, 26% of
+  float32 quotients differed from numpy's by one unit in the last place), and the
+  device-resident path must give the host pipeline's inputs bit for bit.
   """
-  out = {}
-  for name in modalities:
-    mean = np.asarray(stats[name]['mean'], np.float32)
-    std = np.asarray(stats[name]['std'], np.float32)
-    value = np.asarray(example[name])
-    if name == 'audio' and value.dtype == np.int16:
-      value = decode_audio(value)
-    out[name] = (np.asarray(value, np.float32) - mean) / np.maximum(std, 1e-6)
-  return out
+  return {name: {'mean': np.asarray(stats[name]['mean'], np.float32),
+                 'inverse_std': np.float32(1) / np.maximum(
+                     np.asarray(stats[name]['std'], np.float32), np.float32(1e-6))}
+          for name in modalities}
+
+
+def model_inputs(stored: dict[str, Any], norms: dict[str, dict], xp=np) -> dict[str, Any]:
+  """The model's inputs from windows as stored: each modality of `norms` as float32,
+  z-normalised with `normalisation`'s values. `xp` is numpy (the host pipeline, evaluation,
+  inference) or jax.numpy (the device-resident training data, after the gather): the same
+  float32 operations, so the same values bit for bit. Where a stored form needs decoding (say
+  int16 PCM), it goes here, once for both."""
+  return {name: (_decoded(stored[name], xp) - norm['mean']) * norm['inverse_std']
+          for name, norm in norms.items()}
+
+
+def _decoded(value, xp):
+  """A stored input as float32: int16 audio decoded (`decode_audio`), anything else cast."""
+  if value.dtype == np.int16:
+    return decode_audio(value)
+  return xp.asarray(value, xp.float32)
 
 
 class _TrainExample(grain.transforms.Map):
   """Selects the model's inputs and tasks from a stored window and normalises them."""
 
-  def __init__(self, stats, modalities, task_indices, recording_stats=None, recording_norm=()):
-    self.stats, self.modalities, self.task_indices = stats, tuple(modalities), list(task_indices)
-    self.recording_stats, self.recording_norm = recording_stats, tuple(recording_norm)
+  def __init__(self, stats, modalities, task_indices, recording_norms=None):
+    self.norms = normalisation(stats, modalities)
+    # Recording id -> its `normalisation` (`model.recording_norm`); None: the training split's.
+    self.recording_norms = recording_norms
+    self.modalities, self.task_indices = tuple(modalities), list(task_indices)
 
   def map(self, example):
-    stats = self.stats
-    if self.recording_norm:
-      stats = input_stats(self.stats, self.recording_stats[_text(example['recording'])],
-                          self.recording_norm)
-    out = normalise(example, stats, self.modalities)
-    out['labels'] = np.asarray(example['labels'], np.float32)[..., self.task_indices]
-    out['mask'] = np.asarray(example['mask'], np.float32)
-    return out
+    norms = self.norms
+    if self.recording_norms is not None:
+      norms = self.recording_norms[_text(example['recording'])]
+    return training_inputs(stored_window(example, self.modalities, self.task_indices), norms, np)
+
+
+def stored_window(example: dict[str, Any], modalities: Sequence[str],
+                  task_indices: Sequence[int]) -> dict[str, np.ndarray]:
+  """What training keeps of a stored window: `modalities` as stored, `labels` of the run's
+  tasks and `mask` (float32)."""
+  window = {name: np.asarray(example[name]) for name in modalities}
+  window['labels'] = np.asarray(example['labels'], np.float32)[..., list(task_indices)]
+  window['mask'] = np.asarray(example['mask'], np.float32)
+  return window
+
+
+def training_inputs(stored: dict[str, Any], norms: dict[str, dict], xp=np) -> dict[str, Any]:
+  """A training batch (or window) from `stored_window`s: `model_inputs`, labels and mask."""
+  return {**model_inputs(stored, norms, xp), 'labels': stored['labels'], 'mask': stored['mask']}
 
 
 def train_dataset(corpus: Corpus, *, tasks: Sequence[str], modalities: Sequence[str],
@@ -248,21 +287,78 @@ def train_dataset(corpus: Corpus, *, tasks: Sequence[str], modalities: Sequence[
                   process_count: int = 1, recording_norm: Sequence[str] = ()) -> grain.MapDataset:
   """This process's batches of the shuffled, endlessly repeated training split (inputs
   normalised per recording where `recording_norm` says)."""
+  source = corpus.source('train')
+  _check_batch(corpus, len(source), global_batch, process_count)
+  recording_norms = None
+  if recording_norm:
+    recording_norms = {name: normalisation(input_stats(corpus.stats, own, recording_norm),
+                                           modalities)
+                       for name, own in corpus.recording_stats('train').items()}
+  dataset = (_shuffled(grain.MapDataset.source(source), seed)
+             .map(_TrainExample(corpus.stats, modalities, corpus.task_indices(tasks),
+                                recording_norms)))
+  return _process_batches(dataset, global_batch, process_index, process_count)
+
+
+class WindowOrder:
+  """The training windows' numbers in `train_dataset`'s order, for the device-resident path.
+
+  `batch(j)` is the int32 `[local_batch]` window numbers of this process's part of global batch
+  `j`: elements `[jB + p b, jB + (p + 1) b)` of the shuffled, repeated stream (`b = B / P`), as
+  `train_dataset` batches and slices it. The stream is grain's own: the same `shuffle(seed)`
+  and `repeat()` over the window numbers instead of the windows, taken one whole epoch at a
+  time (grain's index shuffle costs about 10-100 us a window in Python, too slow to run per
+  step ahead of an accelerator), the next epoch computed in a background thread meanwhile.
+  """
+
+  def __init__(self, corpus: Corpus, *, global_batch: int, seed: int, process_index: int = 0,
+               process_count: int = 1):
+    self.count = len(corpus.source('train'))
+    _check_batch(corpus, self.count, global_batch, process_count)
+    self.global_batch, self.local_batch = global_batch, global_batch // process_count
+    self.offset = process_index * self.local_batch
+    self._epochs = _shuffled(grain.MapDataset.range(self.count), seed).batch(self.count)
+    self._pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix='window_order')
+    self._cache: dict[int, concurrent.futures.Future] = {}
+
+  def _epoch(self, epoch: int) -> np.ndarray:
+    self._epoch_ahead(epoch)
+    return self._cache[epoch].result()
+
+  def batch(self, step: int) -> np.ndarray:
+    start = step * self.global_batch + self.offset
+    stop = start + self.local_batch
+    first, last = start // self.count, (stop - 1) // self.count
+    stream = np.concatenate([self._epoch(e) for e in range(first, last + 1)])
+    for epoch in [e for e in self._cache if e < first]:
+      del self._cache[epoch]
+    self._epoch_ahead(last + 1)
+    return stream[start - first * self.count:stop - first * self.count]
+
+  def _epoch_ahead(self, epoch: int) -> None:
+    if epoch not in self._cache:
+      self._cache[epoch] = self._pool.submit(
+          lambda: np.asarray(self._epochs[epoch], np.int32))
+
+
+def _shuffled(dataset: grain.MapDataset, seed: int) -> grain.MapDataset:
+  # Shuffled before repeat: each epoch is shuffled anew (grain seeds epoch e with seed + e).
+  return dataset.shuffle(seed=seed).repeat()
+
+
+def _process_batches(dataset: grain.MapDataset, global_batch: int, process_index: int,
+                     process_count: int) -> grain.MapDataset:
+  # Global batch j is elements [jB, (j+1)B); process p's part of it is local batch jP + p.
+  local_batch = global_batch // process_count
+  return dataset.batch(local_batch, drop_remainder=True)[process_index::process_count]
+
+
+def _check_batch(corpus: Corpus, count: int, global_batch: int, process_count: int) -> None:
   if global_batch % process_count:
     raise ValueError(f'global batch {global_batch} not divisible by {process_count} processes')
-  local_batch = global_batch // process_count
-  source = corpus.source('train')
-  if len(source) < global_batch:
-    raise CorpusError(f'{corpus.name} train split has {len(source)} windows, fewer than the '
+  if count < global_batch:
+    raise CorpusError(f'{corpus.name} train split has {count} windows, fewer than the '
                       f'global batch {global_batch}')
-  dataset = (grain.MapDataset.source(source)
-             .shuffle(seed=seed)  # before repeat: each epoch is shuffled anew
-             .repeat()
-             .map(_TrainExample(corpus.stats, modalities, corpus.task_indices(tasks),
-                                corpus.recording_stats('train') if recording_norm else None,
-                                recording_norm))
-             .batch(local_batch, drop_remainder=True))
-  return dataset[process_index::process_count]
 
 
 def train_iterator(dataset: grain.MapDataset, *, num_workers: int = 0,
@@ -273,6 +369,68 @@ def train_iterator(dataset: grain.MapDataset, *, num_workers: int = 0,
   if num_workers > 0:
     iter_dataset = iter_dataset.mp_prefetch(grain.MultiprocessingOptions(num_workers=num_workers))
   return iter(iter_dataset)
+
+
+def read_train_split(corpus: Corpus, tasks: Sequence[str],
+                     modalities: Sequence[str]) -> dict[str, np.ndarray]:
+  """Every training window's `stored_window`, stacked in storage order `[windows, ...]`, and
+  `recording_index` (int32 `[windows]`: its recording's place in `sorted(corpus.recordings(
+  'train'))`, for `recording_normalisation`): what the device-resident path uploads once."""
+  source = corpus.source('train')
+  task_indices = corpus.task_indices(tasks)
+  first = stored_window(source[0], modalities, task_indices)
+  split = {name: np.empty((len(source),) + value.shape, value.dtype)
+           for name, value in first.items()}
+  split['recording_index'] = np.empty((len(source),), np.int32)
+  places = {name: index for index, name in enumerate(sorted(corpus.recordings('train')))}
+  for index in range(len(source)):
+    example = source[index]
+    for name, value in stored_window(example, modalities, task_indices).items():
+      split[name][index] = value
+    split['recording_index'][index] = places[_text(example['recording'])]
+  return split
+
+
+def recording_normalisation(corpus: Corpus, modalities: Sequence[str],
+                            recording_norm: Sequence[str]) -> dict[str, dict[str, np.ndarray]]:
+  """For the device-resident path: per `recording_norm` modality, `normalisation`'s `mean` and
+  `inverse_std` of every training recording, stacked `[recordings, ...]` in sorted id order
+  (`read_train_split`'s `recording_index`)."""
+  own = corpus.recording_stats('train')
+  per_recording = [normalisation(input_stats(corpus.stats, own[name], recording_norm), modalities)
+                   for name in sorted(corpus.recordings('train'))]
+  return {name: {key: np.stack([norms[name][key] for norms in per_recording])
+                 for key in ('mean', 'inverse_std')}
+          for name in recording_norm}
+
+
+def train_split_bytes(corpus: Corpus, tasks: Sequence[str], modalities: Sequence[str]) -> int:
+  """The bytes `read_train_split` would hold, from the first window's sizes (windows have one
+  shape), without reading the split."""
+  source = corpus.source('train')
+  first = stored_window(source[0], modalities, corpus.task_indices(tasks))
+  recording_index = np.dtype(np.int32).itemsize
+  return len(source) * (sum(value.nbytes for value in first.values()) + recording_index)
+
+
+def gather_windows(resident: dict[str, Any], ids: dict[str, Any]) -> dict[str, Any]:
+  """A training batch gathered from the device-resident split (a per-device program).
+
+  `resident`: `{'windows': read_train_split(...), 'norms': normalisation(...),
+  'recording_norms': recording_normalisation(...)}` as device arrays; `ids`: `index` (`[seeds, batch]` window numbers from `WindowOrder`), `seed` and
+  `example` (from `train.identify_examples`). Returns what the host pipeline's batch holds, the
+  same values bit for bit: the windows are gathered as stored, then `training_inputs` decodes
+  and normalises them with the same float32 operations.
+  """
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  stored = {name: value[ids['index']] for name, value in resident['windows'].items()}
+  recording = stored.pop('recording_index')  # [seeds, batch]
+  norms = dict(resident['norms'])
+  for name, table in resident['recording_norms'].items():
+    # Each window's recording's values, with a unit axis to broadcast over its samples or rows.
+    norms[name] = {key: jnp.expand_dims(value[recording], 2) for key, value in table.items()}
+  return {**training_inputs(stored, norms, jnp), 'seed': ids['seed'],
+          'example': ids['example']}
 
 
 def iterate_split(corpus: Corpus, split: str, batch_size: int, modalities: Sequence[str],
@@ -341,6 +499,12 @@ class SeedIterators:
                         f'{len(self.iterators)} seeds')
     for it, s in zip(self.iterators, states):
       it.set_state(s)
+
+  @staticmethod
+  def state_at(step: int, num_seeds: int) -> bytes:
+    """The state `get_state` gives after `step` batches (iterators without workers): what a
+    checkpoint of the device-resident path saves, so that the host path resumes from it."""
+    return json.dumps([{'next_index': int(step)}] * num_seeds).encode()
 
   def start_prefetch(self) -> None:
     for it in self.iterators:

@@ -6,6 +6,12 @@ the CCC statistics are summed across devices inside the loss (`axis_name`), and 
 averaged (`pmean`). `ccc_jax.sharding.DataParallel` runs it under `jax.shard_map` (default) or
 `jax.pmap` (`config.parallel`).
 
+The training data reaches the step by one of two paths that give the same batches
+(`config.data_placement`, decided and logged at the start of a run): the grain pipeline on the
+host (`_HostFeed`), or the whole training split uploaded to the devices once, each global batch
+gathered there by the pipeline's own order (`_DeviceFeed`), with nothing but the batch's window
+numbers crossing from the host per step.
+
 A run trains `len(config.seeds)` models at once, vectorised over a leading seed axis with
 `jax.vmap`: one seed is the ordinary case, several seeds share one compiled program (each with
 its own initialisation and data order). Stacked parameters are what checkpoints hold.
@@ -92,7 +98,7 @@ def identify_examples(batch: dict[str, np.ndarray], seeds, first: int = 0) -> di
   """Adds `seed` and `example` (`[seeds, local_batch]` int32) to a host batch: the seed of each
   row and its place in the global batch (this process's slice starts at `first`). The train
   step draws each window's random numbers from them and the step number alone."""
-  num_seeds, local_batch = np.asarray(batch['labels']).shape[:2]
+  num_seeds, local_batch = np.shape(next(iter(batch.values())))[:2]
   if num_seeds != len(seeds):
     raise ValueError(f'batch has {num_seeds} seeds, the run {len(seeds)}')
   shape = (num_seeds, local_batch)
@@ -204,13 +210,91 @@ def seed_iterators(config, corpus: input_pipeline.Corpus) -> input_pipeline.Seed
   return input_pipeline.SeedIterators(iterators)
 
 
-# Fields that may change between a run and its resumption (they do not change what is computed).
+class _HostFeed:
+  """Batches from the grain pipeline (`seed_iterators`), put on the devices step by step."""
+
+  def __init__(self, config: RunConfig, corpus, parallel: sharding.DataParallel,
+               first_example: int):
+    self.iterators = seed_iterators(config, corpus)
+    self.parallel, self.seeds, self.first_example = parallel, config.seeds, first_example
+
+  def batch(self, step: int) -> dict[str, jax.Array]:
+    del step  # the iterators' position: they are restored with the checkpoint
+    return self.parallel.put_batch(
+        identify_examples(next(self.iterators), self.seeds, self.first_example), axis=1)
+
+  def data_state(self, step: int) -> bytes:
+    del step
+    return self.iterators.get_state()
+
+  @property
+  def restore_target(self):
+    return self.iterators
+
+
+class _DeviceFeed:
+  """Batches gathered on the devices from the training split uploaded there once.
+
+  Global batch `step` of seed `s` is the windows `input_pipeline.WindowOrder` gives (grain's own
+  shuffle over the window numbers), so the batches are those of `_HostFeed`, bit for bit; only
+  their `[seeds, local_batch]` window numbers go to the devices per step.
+  """
+
+  def __init__(self, config: RunConfig, corpus, parallel: sharding.DataParallel,
+               first_example: int):
+    self.orders = [input_pipeline.WindowOrder(
+        corpus, global_batch=config.global_batch, seed=int(seed),
+        process_index=jax.process_index(), process_count=jax.process_count())
+        for seed in config.seeds]
+    windows = input_pipeline.read_train_split(corpus, config.tasks, config.model.modalities)
+    recording_norm = config.model.recording_norm_inputs
+    self.resident = parallel.put_resident(
+        {'windows': windows,
+         'norms': input_pipeline.normalisation(corpus.stats, config.model.modalities),
+         'recording_norms': (input_pipeline.recording_normalisation(
+             corpus, config.model.modalities, recording_norm) if recording_norm else {})})
+    self.gather = _compiled_gather(parallel)
+    self.parallel, self.seeds, self.first_example = parallel, config.seeds, first_example
+
+  def indices(self, step: int) -> np.ndarray:
+    """`[seeds, local_batch]` int32: this process's windows of global batch `step`."""
+    return np.stack([order.batch(step) for order in self.orders])
+
+  def batch(self, step: int) -> dict[str, jax.Array]:
+    ids = identify_examples({'index': self.indices(step)}, self.seeds, self.first_example)
+    return self.gather(self.resident, self.parallel.put_batch(ids, axis=1))
+
+  def data_state(self, step: int) -> bytes:
+    return input_pipeline.SeedIterators.state_at(step, len(self.seeds))
+
+  restore_target = None  # the position is the step
+
+
+@functools.lru_cache(maxsize=4)
+def _compiled_gather(parallel: sharding.DataParallel) -> Callable:
+  return parallel.gather(input_pipeline.gather_windows)
+
+
+def training_feed(config: RunConfig, corpus, parallel: sharding.DataParallel
+                  ) -> tuple[sharding.DataPlacement, Any]:
+  """Where this run's training data comes from (`config.data_placement`), and the feed of
+  device batches for it (`feed.batch(step)`); `_HostFeed` and `_DeviceFeed` give the same."""
+  placement = sharding.choose_data_placement(
+      config.data_placement,
+      input_pipeline.train_split_bytes(corpus, config.tasks, config.model.modalities),
+      list(parallel.mesh.devices.flat))
+  # This process's slice of each global batch (processes take consecutive slices).
+  first_example = jax.process_index() * (config.global_batch // jax.process_count())
+  feed = _DeviceFeed if placement.kind == 'device' else _HostFeed
+  return placement, feed(config, corpus, parallel, first_example)
+
+
+# Fields a run may be resumed with changed: they do not change what the steps compute (a larger
+# `patience` lets an early-stopped run go on; both data placements give the same batches).
 # `data_dir` may move: the dataset is checked by identity (`ModelInfo`), not by path.
 # `num_steps` may change only when `optimizer.decay_steps` fixes the learning-rate schedule.
-# Fields a run may be resumed with changed: they do not change what the steps compute (a larger
-# `patience` lets an early-stopped run go on).
 RESUMABLE_CHANGES = ('log_every', 'eval_every', 'checkpoint_every', 'data_workers', 'prefetch',
-                     'eval_batch', 'data_dir', 'patience')
+                     'eval_batch', 'data_dir', 'patience', 'data_placement')
 
 
 def _check_same_run(saved: dict, config: RunConfig, info: ModelInfo, workdir: str) -> None:
@@ -327,7 +411,8 @@ def _train(config: RunConfig, workdir: str, corpus: input_pipeline.Corpus | None
   parallel.check_batch_size(config.global_batch)
 
   graphdef, state = create_state(config, info)
-  iterators = seed_iterators(config, corpus)
+  placement, feed = training_feed(config, corpus, parallel)
+  _log(placement.describe())
   store = checkpoints.Checkpoints(workdir)
   run_start = time.time()
   best = _Best()
@@ -336,7 +421,8 @@ def _train(config: RunConfig, workdir: str, corpus: input_pipeline.Corpus | None
   if latest is not None:
     latest_info = store.restore_run_info(latest)
     _check_same_run(latest_info, config, info, workdir)
-    state = store.restore_training(latest, state, iterators, parallel.replicated, config, info)
+    state = store.restore_training(latest, state, feed.restore_target, parallel.replicated,
+                                   config, info)
     best = _Best.restored(store.best_run_info())
     seconds_before = float(latest_info.get('train_seconds', 0.0))
     _log(f'resumed from {workdir} at step {latest}')
@@ -347,8 +433,6 @@ def _train(config: RunConfig, workdir: str, corpus: input_pipeline.Corpus | None
 
   state = parallel.put_state(state)
   step_fn = compiled_train_step(graphdef, config, parallel)
-  # This process's slice of each global batch (processes take consecutive slices).
-  first_example = jax.process_index() * (config.global_batch // jax.process_count())
   step = int(latest or 0)
   progress.update(step=step, saved=latest)
   writer = _MetricWriter(workdir, step)
@@ -358,8 +442,7 @@ def _train(config: RunConfig, workdir: str, corpus: input_pipeline.Corpus | None
   stopped_early = best.patience_spent(step, config)
   try:
     while step < config.num_steps and not stopped_early:
-      batch = parallel.put_batch(identify_examples(next(iterators), config.seeds, first_example),
-                                 axis=1)
+      batch = feed.batch(step)
       tic = time.time()
       state, metrics = step_fn(state, batch)
       step += 1
@@ -387,7 +470,7 @@ def _train(config: RunConfig, workdir: str, corpus: input_pipeline.Corpus | None
           stopped_early = best.patience_spent(step, config)
           save = save or stopped_early
         if save:
-          store.save_latest(step, _snapshot(parallel.get_state(state)), iterators,
+          store.save_latest(step, _snapshot(parallel.get_state(state)), feed.data_state(step),
                             {**run_info, 'step': step, 'train_seconds': elapsed()})
           progress['saved'] = step
         rate = (step - start_step) / max(time.time() - start_time, 1e-9)
@@ -410,7 +493,8 @@ def _train(config: RunConfig, workdir: str, corpus: input_pipeline.Corpus | None
       'steps_per_second': (step - start_step) / max(seconds, 1e-9),
       'dev': last_eval, 'best_dev_ccc': best.score, 'best_step': best.step,
       'best_dev': best.dev, 'seconds_to_best': best.seconds, 'train_seconds': elapsed(),
-      'stopped_early': stopped_early, 'tasks': list(tasks), 'seeds': list(config.seeds)}
+      'stopped_early': stopped_early, 'tasks': list(tasks), 'seeds': list(config.seeds),
+      'data_placement': placement.kind}
   if jax.process_index() == 0:
     files.write_json(os.path.join(workdir, 'summary.json'), summary)
   return summary

@@ -178,6 +178,7 @@ def test_predict_on_a_full_disk_leaves_no_partial_file(workdir, tmp_path, capsys
     ('num_steps', 0, 'num_steps must be positive, got 0'),
     ('num_steps', -5, 'num_steps must be positive, got -5'),
     ('global_batch', 0, 'global_batch must be positive, got 0'),
+    ('data_placement', 'gpu', "data_placement must be one of auto, device, host; got 'gpu'"),
 ])
 def test_impossible_config_values_are_refused(field, value, message, capsys):
   from launch.configs import synthetic  # pylint: disable=g-import-not-at-top
@@ -420,7 +421,7 @@ def test_ctrl_c_says_where_it_stopped_and_how_to_resume(tiny_data_dir, tmp_path,
   monkeypatch.setattr(input_pipeline.SeedIterators, '__next__', interrupted)
   workdir = tmp_path / 'run'
   _one_line(capsys, Case('train', lambda: train.train_and_evaluate(
-      tiny_config(tiny_data_dir), str(workdir)),
+      tiny_config(tiny_data_dir, data_placement='host'), str(workdir)),
       ('interrupted at step 12', 'keeps its checkpoint of step 10', 'run the same command to '
        'resume'), status=130))
   assert checkpoints.restore_model(str(workdir), 'latest').step == 10

@@ -70,6 +70,9 @@ def test_run_writes_metrics_checkpoints_and_a_dev_table(tiny_workdir):
   assert summary['best_dev']['mean']['ccc_concat'] == pytest.approx(summary['best_dev_ccc'])
   assert 0 < summary['seconds_to_best'] <= summary['train_seconds']
   assert summary['stopped_early'] is False
+  # 'auto': the tiny split (13 MB for 8 CPU devices) is on the devices in every run here
+  # except where a test asks for the host pipeline.
+  assert summary['data_placement'] == 'device'
 
 
 def test_restored_model_reproduces_the_dev_scores(tiny_workdir, tiny_data_dir):
@@ -108,12 +111,17 @@ def test_resume_continues_and_refuses_another_config(tiny_workdir, tiny_data_dir
 
 def test_with_a_fixed_schedule_a_run_is_extended_exactly(tiny_workdir, tiny_data_dir, tmp_path):
   """Planned for 10 steps with `optimizer.decay_steps` = 20, then resumed with num_steps = 20:
-  the parameters of the session's run planned for 20 steps (the same schedule)."""
+  the parameters of the session's run planned for 20 steps (the same schedule). The first 10
+  steps read the host pipeline, the last 10 the device-resident split, as the session's run
+  did: the same batches, so the same parameters, and a resume across the two paths."""
   base = tiny_config(tiny_data_dir)
   fixed = dataclasses.replace(base.optimizer, decay_steps=20)
   workdir = str(tmp_path / 'extended')
-  assert train.train_and_evaluate(base.replace(num_steps=10, optimizer=fixed), workdir)['step'] == 10
-  assert train.train_and_evaluate(base.replace(num_steps=20, optimizer=fixed), workdir)['step'] == 20
+  first = train.train_and_evaluate(
+      base.replace(num_steps=10, optimizer=fixed, data_placement='host'), workdir)
+  assert (first['step'], first['data_placement']) == (10, 'host')
+  second = train.train_and_evaluate(base.replace(num_steps=20, optimizer=fixed), workdir)
+  assert (second['step'], second['data_placement']) == (20, 'device')
   _assert_same_params(_params(workdir)[0], _params(tiny_workdir)[0], exact=True)
 
 
@@ -145,7 +153,9 @@ def test_early_stopping_keeps_the_best_and_a_resume_stops_there_too(tiny_data_di
 @pytest.mark.slow
 def test_sigkill_at_any_moment_then_restart_reaches_the_same_parameters(tiny_workdir,
                                                                         tiny_data_dir, tmp_path):
-  """Killed with SIGKILL after a checkpoint, then restarted: the uninterrupted run's parameters."""
+  """Killed with SIGKILL after a checkpoint, then restarted: the uninterrupted run's parameters.
+  Killed while reading the device-resident split, restarted on the host pipeline: the
+  checkpoint holds the position the host iterators need."""
   workdir = tmp_path / 'killed'
   command = _train_command(tiny_data_dir, workdir, '--config.checkpoint_every=5')
   process = subprocess.Popen(command, cwd=REPO, env=_env(8), stdout=subprocess.DEVNULL,
@@ -167,9 +177,11 @@ def test_sigkill_at_any_moment_then_restart_reaches_the_same_parameters(tiny_wor
            f'{killed_alive}); checkpoints left: {steps_left}')
   print(where)
   assert killed_alive, f'{where}\n' + process.stderr.read().decode()[-3000:]
-  finished = subprocess.run(command, cwd=REPO, env=_env(8), capture_output=True, text=True)
+  finished = subprocess.run(command + ['--config.data_placement=host'], cwd=REPO, env=_env(8),
+                            capture_output=True, text=True)
   assert finished.returncode == 0, f'{where}\n{finished.stderr[-3000:]}'
   assert 'resumed from' in finished.stdout, where
+  assert 'training data from the host pipeline' in finished.stdout, finished.stdout
   # The held-out check follows training: dev-tuned post-processing applied unchanged to test.
   assert 'applied unchanged to test' in finished.stdout and '| mean |' in finished.stdout, where
   try:
@@ -199,6 +211,7 @@ def test_two_processes_match_one_process(tiny_workdir, tiny_data_dir, tmp_path):
   for run, (out, err) in zip(runs, outputs):
     assert run.returncode == 0, err.decode()[-3000:]
   assert b'8 x cpu (2 process(es))' in outputs[0][0]
+  assert b'training data on the devices' in outputs[0][0]  # each process a copy on its 4
   _assert_same_params(_params(tiny_workdir)[0], _params(tmp_path / 'two')[0], exact=False)
 
 
@@ -217,7 +230,7 @@ def test_nan_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(
   monkeypatch.setattr(input_pipeline.SeedIterators, '__next__', poisoned)
   workdir = tmp_path / 'nan'
   with pytest.raises(errors.TrainingDiverged, match='at step 13'):
-    train.train_and_evaluate(tiny_config(tiny_data_dir), str(workdir))
+    train.train_and_evaluate(tiny_config(tiny_data_dir, data_placement='host'), str(workdir))
   assert sorted(os.listdir(workdir / 'checkpoints' / 'latest')) == ['10']
   params, restored = _params(workdir)
   assert restored.step == 10
