@@ -33,4 +33,5 @@ def get_config(arg=None):
   # At this size the dev CCC peaks early (a user's RECOLA run: best at step 800, flat to 4000):
   # stop after 5 evaluations (1000 steps) without a better one; the best checkpoint is kept.
   config.patience = 5
+  common.regularise_for_a_few_speakers(config)
   return common.apply_variants(config, arg, RECOLA_VARIANTS)

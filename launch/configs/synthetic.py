@@ -62,16 +62,19 @@ def _tiny(config, value):
 
 
 def _small(config, value):
-  """The RECOLA-sized corpus (9 training speakers of 5 minutes), with early stopping."""
+  """The RECOLA-sized corpus (9 training speakers of 5 minutes), with early stopping and the
+  regularisation measured on it."""
   common._no_value('small', value)  # pylint: disable=protected-access
   config.dataset = 'synthetic_avd:small'
   config.eval_every = 100
   config.patience = 5
+  common.regularise_for_a_few_speakers(config)
 
 
 SYNTHETIC_VARIANTS = {
     'small': (_small, 'the RECOLA-sized corpus (synthetic_avd:small: 9 training speakers of 5 '
-                      'minutes), dev every 100 steps, early stopping after 5 without gain'),
+                      'minutes), dev every 100 steps, early stopping after 5 without gain, '
+                      'dropout and waveform augmentation'),
     'grid': (_grid, 'the budget of one experiment-grid cell (200 steps, batch 16)'),
     'tiny': (_tiny, 'the tiny corpus (synthetic_avd:tiny) and a tiny model, 20 steps'),
 }
