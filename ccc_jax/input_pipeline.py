@@ -23,6 +23,7 @@ import concurrent.futures
 import dataclasses
 import json
 import os
+import re
 from typing import Any, Sequence
 
 import grain
@@ -140,8 +141,18 @@ def open_corpus(dataset: str, data_dir: str) -> Corpus:
     raise CorpusError(f'data_dir {data_dir} {problem}; prepare the dataset there first: '
                       f'python -m launch.prepare --dataset={spec} --data_dir={data_dir}')
   prepare = f'python -m launch.prepare --dataset={spec} --data_dir={data_dir}'
-  if not os.path.isdir(os.path.join(data_dir, spec.dataset, spec.config_name)):
+  config_dir = os.path.join(data_dir, spec.dataset, spec.config_name)
+  if not os.path.isdir(config_dir):
     raise CorpusError(f'{spec} is not prepared under {data_dir}; prepare it first: {prepare}')
+  # Only older versions there: refused by name before TFDS tries to read them (it may need
+  # TensorFlow to read another version's folder).
+  versions = [name for name in os.listdir(config_dir) if re.fullmatch(r'\d+\.\d+\.\d+', name)]
+  if versions and all(_version(v) < _version(OLDEST_READABLE_VERSION) for v in versions):
+    newest = max(versions, key=_version)
+    raise CorpusError(f'{os.path.join(config_dir, newest)}: prepared by an older version of '
+                      f'ccc-jax (dataset version {newest}; this one reads '
+                      f'{OLDEST_READABLE_VERSION} and later, which store the audio as 16-bit '
+                      f'PCM); prepare it again: {prepare}')
   try:
     builder = tfds.builder(name, data_dir=data_dir)
     sources = tfds.data_source(name, data_dir=data_dir)
@@ -166,6 +177,10 @@ def open_corpus(dataset: str, data_dir: str) -> Corpus:
                 sources={split: _CheckedSource(source, folder, split, prepare)
                          for split, source in sources.items()},
                 spec=str(spec))
+
+
+def _version(text: str) -> tuple[int, ...]:
+  return tuple(int(part) for part in text.split('.'))
 
 
 class _CheckedSource:

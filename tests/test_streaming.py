@@ -39,7 +39,8 @@ def _causal_run(data_dir, workdir, modalities, seeds):
   """An untrained causal model of the tiny config, saved as `workdir`'s best checkpoint."""
   config = tiny_config(data_dir, seeds=seeds)
   config = config.replace(model=dataclasses.replace(
-      config.model, modalities=modalities, causal=True, temporal='gru'))
+      config.model, modalities=modalities, causal=True, temporal='gru', recording_norm=(),
+      label_delay=0))
   corpus = input_pipeline.open_corpus(config.dataset, str(data_dir))
   info = corpus.model_info(config.tasks, modalities)
   graphdef, params = train.init_params(config.model, info, config.seeds)
@@ -114,7 +115,10 @@ def test_split_prediction_equals_the_predictor_on_the_raw_recording(multimodal):
   got = inference.Predictor(model).predict_seeds(audio, 16000, positions, MOCAP_RATE)
   assert got.shape == entry['prediction'].shape == (2, 500, 3)
   assert np.std(got[0, :, 0]) > 1e-4  # the traces follow the input, so an error shows
-  np.testing.assert_allclose(got, entry['prediction'], rtol=1e-5, atol=1e-5)
+  # The split stores the audio as 16-bit PCM (dataset 1.3.0) and the Predictor reads the float
+  # signal: the raw-audio branch's inputs differ by up to 1.5e-5 before normalisation, which
+  # moves the tiny model's outputs by up to about 5e-3 (measured); the features are the same.
+  np.testing.assert_allclose(got, entry['prediction'], rtol=0, atol=1e-2)
 
 
 def _chunk_sizes(rng, total, ones=40):
