@@ -297,6 +297,14 @@ def training_inputs(stored: dict[str, Any], norms: dict[str, dict], xp=np) -> di
   return {**model_inputs(stored, norms, xp), 'labels': stored['labels'], 'mask': stored['mask']}
 
 
+def recording_norms(corpus: Corpus, split: str, modalities: Sequence[str],
+                    recording_norm: Sequence[str]) -> dict[str, dict[str, dict]]:
+  """Recording id -> the `normalisation` its windows get: the training split's statistics,
+  except for the `recording_norm` inputs, which use the recording's own (`input_stats`)."""
+  return {name: normalisation(input_stats(corpus.stats, own, recording_norm), modalities)
+          for name, own in corpus.recording_stats(split).items()}
+
+
 def train_dataset(corpus: Corpus, *, tasks: Sequence[str], modalities: Sequence[str],
                   global_batch: int, seed: int, process_index: int = 0,
                   process_count: int = 1, recording_norm: Sequence[str] = ()) -> grain.MapDataset:
@@ -304,14 +312,11 @@ def train_dataset(corpus: Corpus, *, tasks: Sequence[str], modalities: Sequence[
   normalised per recording where `recording_norm` says)."""
   source = corpus.source('train')
   _check_batch(corpus, len(source), global_batch, process_count)
-  recording_norms = None
-  if recording_norm:
-    recording_norms = {name: normalisation(input_stats(corpus.stats, own, recording_norm),
-                                           modalities)
-                       for name, own in corpus.recording_stats('train').items()}
+  per_recording = (recording_norms(corpus, 'train', modalities, recording_norm)
+                   if recording_norm else None)
   dataset = (_shuffled(grain.MapDataset.source(source), seed)
              .map(_TrainExample(corpus.stats, modalities, corpus.task_indices(tasks),
-                                recording_norms)))
+                                per_recording)))
   return _process_batches(dataset, global_batch, process_index, process_count)
 
 
@@ -411,10 +416,9 @@ def recording_normalisation(corpus: Corpus, modalities: Sequence[str],
   """For the device-resident path: per `recording_norm` modality, `normalisation`'s `mean` and
   `inverse_std` of every training recording, stacked `[recordings, ...]` in sorted id order
   (`read_train_split`'s `recording_index`)."""
-  own = corpus.recording_stats('train')
-  per_recording = [normalisation(input_stats(corpus.stats, own[name], recording_norm), modalities)
-                   for name in sorted(corpus.recordings('train'))]
-  return {name: {key: np.stack([norms[name][key] for norms in per_recording])
+  per_recording = recording_norms(corpus, 'train', modalities, recording_norm)
+  ordered = [per_recording[name] for name in sorted(corpus.recordings('train'))]
+  return {name: {key: np.stack([norms[name][key] for norms in ordered])
                  for key in ('mean', 'inverse_std')}
           for name in recording_norm}
 
@@ -458,7 +462,8 @@ def iterate_split(corpus: Corpus, split: str, batch_size: int, modalities: Seque
   """
   source = corpus.source(split)
   task_indices = None if tasks is None else corpus.task_indices(tasks)
-  per_recording = corpus.recording_stats(split) if recording_norm else None
+  per_recording = (recording_norms(corpus, split, modalities, recording_norm)
+                   if recording_norm else None)
   for begin in range(0, len(source), batch_size):
     indices = list(range(begin, min(begin + batch_size, len(source))))
     examples = [source[i] for i in indices]
@@ -469,9 +474,8 @@ def iterate_split(corpus: Corpus, split: str, batch_size: int, modalities: Seque
     if per_recording is None:
       inputs = normalise(stacked, corpus.stats, modalities)
     else:  # window by window, each with its recording's statistics
-      rows = [normalise({name: stacked[name][i] for name in modalities},
-                        input_stats(corpus.stats, per_recording[_text(e['recording'])],
-                                    recording_norm), modalities)
+      rows = [model_inputs({name: stacked[name][i] for name in modalities},
+                           per_recording[_text(e['recording'])], np)
               for i, e in enumerate(examples)]
       inputs = {name: np.stack([row[name] for row in rows]) for name in modalities}
     if task_indices is not None:
