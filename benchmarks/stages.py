@@ -51,6 +51,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from benchmarks import common
+from ccc_jax import audio_io
 from ccc_jax import evaluation
 from ccc_jax import features
 from ccc_jax import input_pipeline
@@ -128,7 +129,7 @@ def compare_prepared(args) -> dict[str, Any]:
   """Window by window, a prepared dataset folder (`args['folder']`) against a reference folder
   of the same corpus (`args['reference']`, e.g. prepared by an earlier version, with float32
   audio): the same splits, windows in the same order, every feature equal (audio after
-  `input_pipeline.decode_audio`: the largest difference), the same metadata and statistics.
+  `audio_io.from_pcm16`: the largest difference), the same metadata and statistics.
   Both are read with TFDS's code-free reader (`tfds.builder_from_directory`), one window at a
   time."""
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
@@ -157,7 +158,7 @@ def compare_prepared(args) -> dict[str, Any]:
       for name in a:
         if name in ('recording', 'start'):
           continue
-        value = input_pipeline.decode_audio(b[name]) if name == 'audio' else b[name]
+        value = audio_io.from_pcm16(b[name]) if name == 'audio' else b[name]
         difference = float(np.max(np.abs(np.asarray(a[name], np.float64) - value)))
         result['largest_difference'][name] = max(result['largest_difference'].get(name, 0.0),
                                                  difference)

@@ -22,6 +22,31 @@ SAMPLE_RATE = 16000
 # Prepared datasets store the 16 kHz waveform as int16 on this scale (dataset version 1.3.0).
 PCM16_FULL_SCALE = 32768
 
+def to_pcm16(waveform: np.ndarray) -> tuple[np.ndarray, int]:
+  """A float waveform as prepared datasets store it: int16 on the `PCM16_FULL_SCALE` scale,
+  rounded to nearest and clipped to [-32768, 32767]; returns it and the number of clipped
+  samples. `from_pcm16` is the inverse, exact for samples on the 16-bit grid (a 16-bit WAV
+  round-trips unchanged); otherwise the error is at most half a step, 1 / 65536."""
+  scaled = np.rint(np.asarray(waveform, np.float32) * np.float32(PCM16_FULL_SCALE))
+  clipped = int(np.count_nonzero((scaled < -PCM16_FULL_SCALE) | (scaled > PCM16_FULL_SCALE - 1)))
+  return np.clip(scaled, -PCM16_FULL_SCALE, PCM16_FULL_SCALE - 1).astype(np.int16), clipped
+
+
+def from_pcm16(pcm):
+  """Stored int16 audio as the float32 waveform. Exact: sample k becomes k / 32768, as soundfile
+  reads a 16-bit WAV. A pure function of its argument, for numpy or jax arrays (on a device too).
+  """
+  return pcm.astype(np.float32) * np.float32(1.0 / PCM16_FULL_SCALE)
+
+
+def as_stored(waveform: np.ndarray) -> np.ndarray:
+  """The waveform on the 16-bit grid, as a prepared dataset holds it and so as the model saw it
+  in training: inference feeds the raw-audio branch this, so a recording predicted from its
+  file equals the same recording predicted from its prepared windows. (The extracted features
+  and the recording's statistics are computed from the float waveform on both sides.)"""
+  return from_pcm16(to_pcm16(waveform)[0])
+
+
 # soxr's high-quality mode: as accurate as librosa's default and fast enough that resampling
 # 5 minutes of 44.1 kHz stereo takes a fraction of a second.
 _RESAMPLE_TYPE = 'soxr_hq'

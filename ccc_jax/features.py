@@ -21,6 +21,7 @@ end of that frame, so a live stream can emit frame i as soon as its 40 ms have b
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 import functools
 
 import librosa
@@ -54,18 +55,22 @@ MIN_STD = 1e-6
 _MOCAP_BLOCK = 65536
 
 
-def recording_stats(inputs: dict[str, np.ndarray]) -> dict[str, dict[str, list | float]]:
+def recording_stats(inputs: dict[str, np.ndarray | Iterable[np.ndarray]]
+                    ) -> dict[str, dict[str, list | float]]:
   """Per input (`audio` `[samples]`, `logmel` `[rows, 40]`, ...), the mean and standard
   deviation over one whole recording, as `normalise` takes them (`model.recording_norm`).
+  An input is its whole array or an iterable of consecutive blocks of it (rows), for a
+  recording whose features are computed a block at a time.
 
   The builders store these for every recording of every split and inference computes them for a
-  new one, from the same arrays: the 16 kHz waveform padded or cut to `640 * num_frames` samples
-  and `log_mel(waveform, num_frames)`.
+  new one, from the same arrays: the 16 kHz float waveform padded or cut to
+  `640 * num_frames` samples and `log_mel(waveform, num_frames)`.
   """
   stats = {}
   for name, values in inputs.items():
     moments = metrics.RunningMoments()
-    moments.add(values)
+    for block in ((values,) if isinstance(values, np.ndarray) else values):
+      moments.add(block)
     stats[name] = moments.to_json(min_std=MIN_STD)
   return stats
 

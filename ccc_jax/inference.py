@@ -190,16 +190,12 @@ class Predictor:
       return self.model.info.stats
     fitted = np.zeros((num_frames * features.SAMPLES_PER_FRAME,), np.float32)
     fitted[:min(waveform.shape[0], fitted.shape[0])] = waveform[:fitted.shape[0]]
-    own = {}
-    if 'audio' in norm:
-      own.update(features.recording_stats({'audio': fitted}))
-    if 'logmel' in norm:
-      # Block by block, in the bounded memory of the prediction itself (one batch's span).
-      block = (self.batch_size - 1) * self.model.info.hop + self.model.info.window
-      moments = metrics.RunningMoments()
-      for begin in range(0, num_frames, block):
-        moments.add(features.log_mel_span(fitted, begin, min(begin + block, num_frames)))
-      own['logmel'] = moments.to_json(min_std=features.MIN_STD)
+    # log-mel block by block, in the bounded memory of the prediction itself (one batch's span).
+    block = (self.batch_size - 1) * self.model.info.hop + self.model.info.window
+    inputs = {'audio': fitted,
+              'logmel': (features.log_mel_span(fitted, begin, min(begin + block, num_frames))
+                         for begin in range(0, num_frames, block))}
+    own = features.recording_stats({name: inputs[name] for name in norm})
     return input_pipeline.input_stats(self.model.info.stats, own, norm)
 
   def _predict_causal(self, waveform, mocap_features, num_frames: int) -> np.ndarray:
@@ -207,7 +203,7 @@ class Predictor:
     gives in any chunking."""
     padded = np.zeros((num_frames * features.SAMPLES_PER_FRAME,), np.float32)
     padded[:waveform.shape[0]] = waveform
-    inputs = {'audio': padded}
+    inputs = {'audio': audio_io.as_stored(padded)}
     if 'logmel' in self.modalities:
       inputs['logmel'] = features.log_mel(waveform, num_frames)
     if mocap_features is not None:
@@ -253,9 +249,8 @@ class Predictor:
     window = self.model.info.window
     batch = {}
     if 'audio' in self.modalities:
-      batch['audio'] = np.stack([windows.slice_window(waveform, s, window,
-                                                      features.SAMPLES_PER_FRAME)
-                                 for s in starts])
+      batch['audio'] = audio_io.as_stored(np.stack([
+          windows.slice_window(waveform, s, window, features.SAMPLES_PER_FRAME) for s in starts]))
     if 'logmel' in self.modalities:
       # One log-mel computation for the batch's span; past the recording's last frame a window's
       # log-mel rows are zero padding, as in the prepared datasets.

@@ -4,8 +4,6 @@ Owns everything between a prepared TFDS ArrayRecord dataset and a host batch of 
 
 - `Corpus`: one prepared dataset (splits as random-access sources, tasks, modalities, window, and
   the training-split statistics used to z-normalise inputs everywhere, inference included).
-- `decode_audio`: stored 16-bit PCM windows back to the float waveform (the one place it is
-  done; `normalise` calls it, and it works on numpy and jax arrays alike).
 - `normalise`: the single normalisation used by training, evaluation and inference.
 - `train_iterator`: a deterministic, checkpointable grain iterator of this process's part of each
   global batch. Global batch `j` is always elements `[j B, (j + 1) B)` of the shuffled, repeated
@@ -208,15 +206,6 @@ class _CheckedSource:
           f'{self._folder} and prepare it again: {self._prepare}') from None
 
 
-def decode_audio(pcm):
-  """Stored int16 audio (16-bit PCM, `audio_io.PCM16_FULL_SCALE`) as the float32 waveform.
-
-  Exact: sample k becomes k / 32768, as soundfile reads a 16-bit WAV. A pure function of its
-  argument, for numpy or jax arrays (on a device too).
-  """
-  return pcm.astype(np.float32) * np.float32(1.0 / audio_io.PCM16_FULL_SCALE)
-
-
 def input_stats(corpus_stats: dict[str, Any], recording_stats: dict[str, Any] | None,
                 recording_norm: Sequence[str]) -> dict[str, Any]:
   """The statistics one recording's inputs are normalised with: the training split's, except
@@ -229,8 +218,8 @@ def input_stats(corpus_stats: dict[str, Any], recording_stats: dict[str, Any] | 
 def normalise(example: dict[str, np.ndarray], stats: dict[str, Any],
               modalities: Sequence[str]) -> dict[str, np.ndarray]:
   """Z-normalises the model inputs with `stats` (the training split's, or `input_stats`);
-  returns only `modalities`. Stored int16 audio is decoded first (`decode_audio`); float audio
-  (inference) is taken as it is."""
+  returns only `modalities`. Stored int16 audio is decoded first (`audio_io.from_pcm16`); float
+  audio (inference's, put on the same 16-bit grid by `audio_io.as_stored`) is taken as it is."""
   return model_inputs(example, normalisation(stats, modalities), np)
 
 
@@ -260,9 +249,9 @@ def model_inputs(stored: dict[str, Any], norms: dict[str, dict], xp=np) -> dict[
 
 
 def _decoded(value, xp):
-  """A stored input as float32: int16 audio decoded (`decode_audio`), anything else cast."""
+  """A stored input as float32: int16 audio decoded (`audio_io.from_pcm16`), anything else cast."""
   if value.dtype == np.int16:
-    return decode_audio(value)
+    return audio_io.from_pcm16(value)
   return xp.asarray(value, xp.float32)
 
 

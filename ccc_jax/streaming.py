@@ -330,7 +330,7 @@ class StreamingPredictor:
     raw = self._pending[:ready * per_frame]
     inputs: dict[str, Any] = {}
     if 'audio' in self.model.modalities:
-      inputs['audio'] = self._normalised('audio', raw)
+      inputs['audio'] = self._normalised('audio', audio_io.as_stored(raw))
     if 'logmel' in self.model.modalities:
       # The frame before gives the log-mel windows their 240 samples of the past.
       rows = features.log_mel(np.concatenate([self._previous, raw]), num_frames=ready + 1)

@@ -2,8 +2,8 @@
 
 Owns the data contract of BUILD_NOTES.md: the feature spec every corpus writes, cutting each
 recording into windows (with `ccc_jax.windows`), the features computed from the audio once per
-recording (log-mel, eGeMAPS LLDs), the 16-bit storage of the waveform (`encode_audio`), the
-dataset metadata, the normalisation statistics computed on the training split only, and how a
+recording (log-mel, eGeMAPS LLDs), the 16-bit storage of the waveform (`audio_io.to_pcm16`),
+the dataset metadata, the normalisation statistics computed on the training split only, and how a
 split is written: worker processes prepare one recording each and write its serialised windows
 to a temporary ArrayRecord file; this process then copies the windows, in TFDS's storage order
 (sorted by the hash of their key, as TFDS's own writer orders them), into the split's shards.
@@ -145,8 +145,8 @@ class WindowedBuilder(tfds.core.dataset_builder.FileReaderBuilder, skip_registra
   # 1.1.0 adds `egemaps`; 1.2.0 makes `logmel` and `mocap` causal (`ccc_jax.features`), so that
   # live prediction computes the features a model was trained on. A new version, so that preparing
   # again writes a new folder instead of finding the old one complete; reading picks the newest
-  # version prepared. 1.3.0 stores `audio` as 16-bit PCM (`encode_audio`): a folder of an older
-  # version is refused by `input_pipeline.open_corpus` with the command that prepares it again.
+  # version prepared. 1.3.0 stores `audio` as 16-bit PCM (`audio_io.to_pcm16`): a folder of an
+  # older version is refused by `input_pipeline.open_corpus` with the command that prepares it again.
   VERSION = tfds.core.Version('1.3.0')
   RELEASE_NOTES = {'1.0.0': 'First release.',
                    '1.1.0': 'eGeMAPSv02 LLDs (`egemaps`) from the audio, for every corpus.',
@@ -359,7 +359,7 @@ class WindowedBuilder(tfds.core.dataset_builder.FileReaderBuilder, skip_registra
                       for name, values in recording.frame_features.items()})
     # Of the float waveform, before 16-bit rounding: what inference computes for a new recording.
     own_stats = features.recording_stats({'audio': recording.audio, 'logmel': logmel})
-    audio, clipped = encode_audio(recording.audio)
+    audio, clipped = audio_io.to_pcm16(recording.audio)
     keys, sizes = [], []
     feature_spec = self.info.features
     writer = array_record_module.ArrayRecordWriter(path, 'group_size:1')
@@ -461,18 +461,6 @@ def _start_worker(builder_cls: type[WindowedBuilder], config: str | WindowedConf
 def _write_recording(split: str, source: Any, labelled: bool, path: str) -> WrittenRecording:
   """Runs in a worker: `WindowedBuilder.write_recording` of the worker's builder."""
   return _worker_builder.write_recording(split, source, labelled, path)
-
-
-def encode_audio(waveform: np.ndarray) -> tuple[np.ndarray, int]:
-  """The float 16 kHz waveform as stored: int16 on the `audio_io.PCM16_FULL_SCALE` scale,
-  rounded to nearest and clipped to [-32768, 32767]; returns it and the number of clipped
-  samples. `input_pipeline.decode_audio` is the inverse, exact for samples on the 16-bit grid
-  (a 16-bit WAV at 16 kHz round-trips unchanged); otherwise the error is at most half a step,
-  1 / 65536."""
-  scaled = np.rint(np.asarray(waveform, np.float32) * np.float32(audio_io.PCM16_FULL_SCALE))
-  limit = audio_io.PCM16_FULL_SCALE
-  clipped = int(np.count_nonzero((scaled < -limit) | (scaled > limit - 1)))
-  return np.clip(scaled, -limit, limit - 1).astype(np.int16), clipped
 
 
 @dataclasses.dataclass

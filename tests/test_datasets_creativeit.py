@@ -11,7 +11,6 @@ import tensorflow_datasets as tfds
 from ccc_jax import audio_io
 from ccc_jax import egemaps
 from ccc_jax import features
-from ccc_jax import input_pipeline
 from ccc_jax.errors import DataError
 from datasets import prepare
 from tests import fixtures
@@ -69,7 +68,7 @@ def test_a_window_matches_the_source_files(creativeit):
     np.testing.assert_allclose(window['labels'][:, task_index], gold[50:150], atol=1e-6)
   audio = librosa.resample(layout.audio[recording][:, 0], orig_sr=48000, target_sr=16000,
                            res_type='soxr_hq')
-  np.testing.assert_allclose(input_pipeline.decode_audio(window['audio']),
+  np.testing.assert_allclose(audio_io.from_pcm16(window['audio']),
                              audio[50 * 640:150 * 640], atol=0.5 / 32768 + 1e-6)  # 16-bit PCM
   mocap = features.mocap_features(layout.mocap[recording], layout.mocap_rate, NUM_FRAMES)
   assert window['mocap'].shape == (100, features.mocap_feature_dim(len(fixtures.MOCAP_MARKERS)))

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
+from ccc_jax import audio_io
 from ccc_jax import egemaps
 from ccc_jax import features
 from ccc_jax import input_pipeline
@@ -69,7 +70,7 @@ def test_a_window_matches_the_simulation(tiny):
   np.testing.assert_allclose(window['labels'], gold[150:250], atol=1e-6)
   # Stored as 16-bit PCM: the float waveform rounded to the nearest step of 1 / 32768.
   assert window['audio'].dtype == np.int16 and np.abs(audio).max() < 1.0  # nothing clipped
-  decoded = input_pipeline.decode_audio(window['audio'])
+  decoded = audio_io.from_pcm16(window['audio'])
   assert decoded.dtype == np.float32
   np.testing.assert_array_equal(decoded, np.round(audio[150 * 640:250 * 640] * 32768) / 32768)
   assert np.abs(decoded - audio[150 * 640:250 * 640]).max() <= 0.5 / 32768
@@ -85,21 +86,23 @@ def test_16_bit_audio_round_trips_and_decodes_alike_on_numpy_and_jax(tmp_path):
   """A 16-bit WAV at 16 kHz is stored unchanged; the decode is exact on numpy and in jit."""
   import jax
   import soundfile
-  from ccc_jax import audio_io
-  from datasets import common
   pcm = np.array([-32768, -12345, -1, 0, 1, 2, 32767], np.int16)
   soundfile.write(str(tmp_path / 'pcm.wav'), pcm, 16000, subtype='PCM_16')
   waveform = audio_io.load_audio(str(tmp_path / 'pcm.wav'))  # as the builders read it
-  stored, clipped = common.encode_audio(waveform)
+  stored, clipped = audio_io.to_pcm16(waveform)
   np.testing.assert_array_equal(stored, pcm)
   assert stored.dtype == np.int16 and clipped == 0
   expected = (pcm / 32768.0).astype(np.float32)  # soundfile's scale
-  np.testing.assert_array_equal(input_pipeline.decode_audio(stored), expected)
-  np.testing.assert_array_equal(np.asarray(jax.jit(input_pipeline.decode_audio)(stored)), expected)
+  np.testing.assert_array_equal(audio_io.from_pcm16(stored), expected)
+  np.testing.assert_array_equal(np.asarray(jax.jit(audio_io.from_pcm16)(stored)), expected)
   # Off the grid: nearest step; past full scale: clipped and counted.
-  stored, clipped = common.encode_audio(np.array([0.3 / 32768, 0.7 / 32768, 1.0, -1.5], np.float32))
+  off_grid = np.array([0.3 / 32768, 0.7 / 32768, 1.0, -1.5], np.float32)
+  stored, clipped = audio_io.to_pcm16(off_grid)
   np.testing.assert_array_equal(stored, [0, 1, 32767, -32768])
   assert clipped == 2
+  # What inference feeds the raw-audio branch: the same grid.
+  np.testing.assert_array_equal(audio_io.as_stored(off_grid),
+                                np.array([0, 1, 32767, -32768], np.float32) / 32768)
 
 
 def test_windows_are_stored_in_the_order_of_tfds_own_writer(tiny, tmp_path):

@@ -97,10 +97,9 @@ def test_prediction_of_raw_recording_equals_the_prepared_split(predictor, tiny_d
   small_batches = inference.Predictor(model, batch_size=4)
   got = small_batches.predict_seeds(audio, 16000, positions, MOCAP_RATE)
   assert got.shape == entry['prediction'].shape == (1, 500, 3)
-  # The split stores the audio as 16-bit PCM (dataset 1.3.0) and the Predictor reads the float
-  # signal: the raw-audio branch's inputs differ by up to 1.5e-5 before normalisation, which
-  # moves the tiny model's outputs by up to about 5e-3 (measured); the features are the same.
-  np.testing.assert_allclose(got, entry['prediction'], rtol=0, atol=1e-2)
+  # The split stores the audio as 16-bit PCM and the Predictor puts the signal it reads on the
+  # same grid (`audio_io.as_stored`); without that, the tiny model's outputs moved by 5e-3.
+  np.testing.assert_allclose(got, entry['prediction'], rtol=1e-5, atol=1e-5)
   np.testing.assert_array_equal(predictor.predict(audio, 16000, positions, MOCAP_RATE),
                                 evaluation.ensemble(predictor.predict_seeds(
                                     audio, 16000, positions, MOCAP_RATE)))
@@ -130,10 +129,9 @@ def test_egemaps_prediction_of_raw_recording_equals_the_prepared_split(tiny_data
   got = inference.Predictor(model, batch_size=4).predict_seeds(audio, 16000)
   assert got.shape == entry['prediction'].shape == (1, 500, 3)
   assert np.std(got[0, :, 0]) > 1e-3  # the traces follow the input, so a feature error shows
-  # The split stores the audio as 16-bit PCM (dataset 1.3.0) and the Predictor reads the float
-  # signal: the raw-audio branch's inputs differ by up to 1.5e-5 before normalisation, which
-  # moves the tiny model's outputs by up to about 5e-3 (measured); the features are the same.
-  np.testing.assert_allclose(got, entry['prediction'], rtol=0, atol=1e-2)
+  # The split stores the audio as 16-bit PCM and the Predictor puts the signal it reads on the
+  # same grid (`audio_io.as_stored`); without that, the tiny model's outputs moved by 5e-3.
+  np.testing.assert_allclose(got, entry['prediction'], rtol=1e-5, atol=1e-5)
 
 
 def test_egemaps_of_a_batch_are_those_of_the_whole_recording(tiny_data_dir):
