@@ -2,7 +2,8 @@
 
 Dataset preparation and inference on new recordings both read audio through `load_audio` (a
 file) or `waveform_16k` (an array), so a recording is resampled and mixed down the same way at
-training and at inference time.
+training and at inference time. The 16-bit form prepared datasets store the waveform in is
+here too (`to_pcm16`, `from_pcm16`), with `as_stored`, the waveform as the model sees it.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ SAMPLE_RATE = 16000
 # 16-bit PCM full scale, as soundfile (and `pcm_to_float`) scales it: sample k is k / 32768.
 # Prepared datasets store the 16 kHz waveform as int16 on this scale (dataset version 1.3.0).
 PCM16_FULL_SCALE = 32768
+
 
 def to_pcm16(waveform: np.ndarray) -> tuple[np.ndarray, int]:
   """A float waveform as prepared datasets store it: int16 on the `PCM16_FULL_SCALE` scale,

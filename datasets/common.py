@@ -146,7 +146,8 @@ class WindowedBuilder(tfds.core.dataset_builder.FileReaderBuilder, skip_registra
   # live prediction computes the features a model was trained on. A new version, so that preparing
   # again writes a new folder instead of finding the old one complete; reading picks the newest
   # version prepared. 1.3.0 stores `audio` as 16-bit PCM (`audio_io.to_pcm16`): a folder of an
-  # older version is refused by `input_pipeline.open_corpus` with the command that prepares it again.
+  # older version is refused by `input_pipeline.open_corpus` with the command that prepares it
+  # again.
   VERSION = tfds.core.Version('1.3.0')
   RELEASE_NOTES = {'1.0.0': 'First release.',
                    '1.1.0': 'eGeMAPSv02 LLDs (`egemaps`) from the audio, for every corpus.',
