@@ -147,10 +147,7 @@ def open_corpus(dataset: str, data_dir: str) -> Corpus:
   versions = [name for name in os.listdir(config_dir) if re.fullmatch(r'\d+\.\d+\.\d+', name)]
   if versions and all(_version(v) < _version(OLDEST_READABLE_VERSION) for v in versions):
     newest = max(versions, key=_version)
-    raise CorpusError(f'{os.path.join(config_dir, newest)}: prepared by an older version of '
-                      f'ccc-jax (dataset version {newest}; this one reads '
-                      f'{OLDEST_READABLE_VERSION} and later, which store the audio as 16-bit '
-                      f'PCM); prepare it again: {prepare}')
+    raise _older_version(os.path.join(config_dir, newest), newest, prepare)
   try:
     builder = tfds.builder(name, data_dir=data_dir)
     sources = tfds.data_source(name, data_dir=data_dir)
@@ -160,10 +157,7 @@ def open_corpus(dataset: str, data_dir: str) -> Corpus:
                       f'dataset {spec} cannot be read ({type(error).__name__}: {message}); '
                       f'delete that folder and prepare it again: {prepare}') from None
   if builder.version < OLDEST_READABLE_VERSION:
-    raise CorpusError(f'{os.fspath(builder.data_dir)}: prepared by an older version of ccc-jax '
-                      f'(dataset version {builder.version}; this one reads '
-                      f'{OLDEST_READABLE_VERSION} and later, which store the audio as 16-bit '
-                      f'PCM); prepare it again: {prepare}')
+    raise _older_version(os.fspath(builder.data_dir), builder.version, prepare)
   metadata = dict(builder.info.metadata or {})
   required = ('tasks', 'modalities', 'window', 'hop', 'stats', 'recordings', 'labelled_splits')
   missing = [key for key in required if key not in metadata]
@@ -179,6 +173,12 @@ def open_corpus(dataset: str, data_dir: str) -> Corpus:
 
 def _version(text: str) -> tuple[int, ...]:
   return tuple(int(part) for part in text.split('.'))
+
+
+def _older_version(folder: str, version, prepare: str) -> CorpusError:
+  return CorpusError(f'{folder}: prepared by an older version of ccc-jax (dataset version '
+                     f'{version}; this one reads {OLDEST_READABLE_VERSION} and later, which store '
+                     f'the audio as 16-bit PCM); prepare it again: {prepare}')
 
 
 class _CheckedSource:
@@ -425,7 +425,8 @@ def gather_windows(resident: dict[str, Any], ids: dict[str, Any]) -> dict[str, A
   """A training batch gathered from the device-resident split (a per-device program).
 
   `resident`: `{'windows': read_train_split(...), 'norms': normalisation(...),
-  'recording_norms': recording_normalisation(...)}` as device arrays; `ids`: `index` (`[seeds, batch]` window numbers from `WindowOrder`), `seed` and
+  'recording_norms': recording_normalisation(...)}` as device arrays; `ids`: `index`
+  (`[seeds, batch]` window numbers from `WindowOrder`), `seed` and
   `example` (from `train.identify_examples`). Returns what the host pipeline's batch holds, the
   same values bit for bit: the windows are gathered as stored, then `training_inputs` decodes
   and normalises them with the same float32 operations.
