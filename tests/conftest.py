@@ -26,6 +26,8 @@ os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '0')
 os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES', '0')
 
 import pathlib  # noqa: E402
+import shutil  # noqa: E402
+import sys  # noqa: E402
 
 import pytest  # noqa: E402
 
@@ -39,22 +41,91 @@ def tiny_config(data_dir, **overrides):
   return cli.run_config(synthetic.get_config('tiny')).replace(data_dir=str(data_dir), **overrides)
 
 
+def restored_params(workdir, which='latest'):
+  """A workdir's checkpoint: (its parameters on the host, the restored model)."""
+  import jax
+  from ccc_jax import checkpoints
+  restored = checkpoints.restore_model(str(workdir), which)
+  return jax.device_get(restored.params), restored
+
+
+def assert_same_params(a, b, exact=True):
+  import jax
+  import numpy as np
+  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+    if exact:
+      np.testing.assert_array_equal(x, y)
+    else:
+      np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-6)
+
+
+def train_command(data_dir, workdir, *extra):
+  """`launch.train` on the tiny config, as a subprocess' argv."""
+  return [sys.executable, '-m', 'launch.train', '--config=launch/configs/synthetic.py:tiny',
+          f'--config.data_dir={data_dir}', f'--workdir={workdir}', *extra]
+
+
+def env_with_devices(devices):
+  """This environment with `devices` fake CPU devices, for a subprocess."""
+  env = dict(os.environ)
+  env['XLA_FLAGS'] = f'--xla_force_host_platform_device_count={devices}'
+  return env
+
+
+def _built_once(tmp_path_factory, name, build):
+  """`build(path)` once per test run, shared by the run's pytest-xdist workers: the first worker
+  to ask builds it under a file lock, the others wait and reuse it (a tiny training run is the
+  most expensive fixture; built per worker, it cost every worker its time). Without xdist, a
+  folder of this session."""
+  import fcntl
+  run = os.environ.get('PYTEST_XDIST_TESTRUNUID')
+  if not run:
+    path = tmp_path_factory.mktemp(name) / name
+    build(path)
+    return path
+  root = tmp_path_factory.getbasetemp().parent  # shared by the workers of this run
+  path = root / f'{name}_{run}'
+  with open(root / f'{name}_{run}.lock', 'w') as lock:
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    if not (root / f'{name}_{run}.done').exists():
+      shutil.rmtree(path, ignore_errors=True)  # a failed build's remains
+      build(path)
+      (root / f'{name}_{run}.done').touch()
+  return path
+
+
 @pytest.fixture(scope='session')
 def tiny_data_dir(tmp_path_factory):
-  """synthetic_avd/tiny prepared once per session with the real builder."""
+  """synthetic_avd/tiny prepared once per test run with the real builder."""
   if os.environ.get('CCC_TINY_DATA_DIR'):
     return pathlib.Path(os.environ['CCC_TINY_DATA_DIR'])
   from datasets import prepare
-  data_dir = tmp_path_factory.mktemp('tiny_data')
-  prepare.prepare_dataset('synthetic_avd:tiny', data_dir=str(data_dir))
-  return data_dir
+  return _built_once(tmp_path_factory, 'tiny_data', lambda path: prepare.prepare_dataset(
+      'synthetic_avd:tiny', data_dir=str(path)))
 
 
 @pytest.fixture(scope='session')
 def tiny_workdir(tiny_data_dir, tmp_path_factory):
-  """A workdir trained once per session on the tiny config (20 steps, checkpoints at 10, 20)."""
+  """A workdir trained once per test run on the tiny config (20 steps, checkpoints at 10, 20).
+  Tests read it or copy it, never write to it."""
   from ccc_jax import train
-  workdir = tmp_path_factory.mktemp('tiny_run') / 'run'
-  summary = train.train_and_evaluate(tiny_config(tiny_data_dir), str(workdir))
-  assert summary['step'] == 20
-  return workdir
+
+  def build(workdir):
+    summary = train.train_and_evaluate(tiny_config(tiny_data_dir), str(workdir))
+    assert summary['step'] == 20
+
+  return _built_once(tmp_path_factory, 'tiny_run', build)
+
+
+# pytest-xdist (`--dist loadfile`, pyproject.toml) hands out test files in collection order and
+# each file runs whole on one worker: the longest files first (measured with --durations), so
+# that the two workers of a 2-core machine finish together instead of one of them starting the
+# longest file last.
+# test_train_step.py second: it needs no tiny run, so the other worker builds that run meanwhile.
+_LONGEST_FIRST = ('test_train_processes.py', 'test_train_step.py', 'test_train.py',
+                  'test_streaming.py', 'test_misuse.py', 'test_experiments.py', 'test_models.py')
+
+
+def pytest_collection_modifyitems(items):
+  rank = {name: i for i, name in enumerate(_LONGEST_FIRST)}
+  items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable within a file

@@ -145,6 +145,81 @@ def test_bidirectional_gru_matches_step_by_step_reference():
   np.testing.assert_allclose(jax.jit(lambda x: layer(x))(x), expected, rtol=1e-5, atol=1e-5)
 
 
+def test_gru_layer_gradients_equal_those_of_the_rolled_scan():
+  # Undifferentiated the scan is unrolled; differentiated it is the rolled scan. Both must be
+  # the plain `lax.scan` of the same step: outputs and gradients equal bit for bit.
+  layer = models.BidirectionalGRULayer(width=3, hidden=4, rngs=nnx.Rngs(1))
+  params = (layer.recurrent_kernel[...], layer.recurrent_bias[...][:, None, :])
+  gates_x = jax.random.normal(jax.random.key(2), (4, 2, 5, 12))
+  h0 = jnp.zeros((2, 5, 4))
+  step = functools.partial(models._bidirectional_gru_step, dtype=jnp.float32)  # pylint: disable=protected-access
+
+  def rolled(params, gates_x):
+    return jax.lax.scan(functools.partial(step, params), h0, gates_x)[1]
+
+  def ours(params, gates_x):
+    return models._scan(step, params, h0, gates_x)[1]  # pylint: disable=protected-access
+
+  cotangent = jax.random.normal(jax.random.key(3), (4, 2, 5, 4))
+
+  @jax.jit
+  def outputs_and_grads(params, gates_x):
+    return [(f(params, gates_x),
+             jax.grad(lambda p, g, f=f: jnp.sum(f(p, g) * cotangent), argnums=(0, 1))(
+                 params, gates_x)) for f in (ours, rolled)]
+
+  got, expected = outputs_and_grads(params, gates_x)
+  for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(expected)):
+    np.testing.assert_array_equal(a, b)
+
+
+# (in channels, out channels, kernel size, stride, input length, padding)
+STRIDED_CONV_CASES = (
+    (1, 4, 20, 10, 640, 'SAME'),   # the default first layer's shape, shorter
+    (2, 3, 40, 40, 120, 'SAME'),   # one block per output (the tiny test config)
+    (1, 4, 20, 10, 650, 'VALID'),  # causal: left context, VALID
+    (3, 5, 7, 3, 37, 'SAME'),      # kernel not a multiple of the stride (zero taps), odd length
+)
+
+
+def test_strided_conv_matches_flax_conv():
+  """Outputs undifferentiated, outputs differentiated and gradients, against `nnx.Conv` (every
+  case in one compiled program)."""
+  models_and_inputs = []
+  for case, (c_in, c_out, kernel_size, stride, length, padding) in enumerate(STRIDED_CONV_CASES):
+    kwargs = dict(kernel_size=kernel_size, strides=stride, padding=padding)
+    models_and_inputs.append((
+        [nnx.split(conv(c_in, c_out, **kwargs, rngs=nnx.Rngs(case)))
+         for conv in (models.StridedConv, nnx.Conv)],
+        jax.random.normal(jax.random.key(case), (2, length, c_in))))
+  graphdefs = [[graphdef for graphdef, _ in convs] for convs, _ in models_and_inputs]
+  params = [[conv_params for _, conv_params in convs] for convs, _ in models_and_inputs]
+  inputs = [x for _, x in models_and_inputs]
+
+  @jax.jit
+  def outputs_and_grads(params, inputs):
+    results = []
+    for case_graphdefs, case_params, x in zip(graphdefs, params, inputs):
+      for graphdef, conv_params in zip(case_graphdefs, case_params):
+        apply = lambda p, x, g=graphdef: nnx.merge(g, p)(x)
+        outputs, pullback = jax.vjp(apply, conv_params, x)
+        cotangent = jax.random.normal(jax.random.key(2), outputs.shape)
+        results.append((apply(conv_params, x), outputs, pullback(cotangent)))
+    return results
+
+  results = outputs_and_grads(params, inputs)
+  for case, (c_in, c_out, kernel_size, stride, length, padding) in enumerate(STRIDED_CONV_CASES):
+    (outputs, vjp_outputs, grads), (expected, expected_vjp, expected_grads) = (
+        results[2 * case:2 * case + 2])
+    message = f'case {STRIDED_CONV_CASES[case]}'
+    np.testing.assert_array_equal(outputs, expected, err_msg=message)  # the same call
+    tolerance = 0 if kernel_size % stride == 0 else 1e-6  # else zero taps reorder the sums
+    np.testing.assert_allclose(vjp_outputs, expected_vjp, rtol=tolerance, atol=tolerance,
+                               err_msg=message)
+    for got, want in zip(jax.tree.leaves(grads), jax.tree.leaves(expected_grads)):
+      np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5, err_msg=message)
+
+
 def test_fused_heads_match_per_task_heads():
   heads = models.MultiTaskHeads(width=5, hidden=4, num_tasks=3, rngs=nnx.Rngs(0))
   x = jax.random.normal(jax.random.key(1), (2, 6, 5))

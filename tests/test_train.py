@@ -1,15 +1,10 @@
-"""The trainer end to end on the tiny synthetic corpus: outputs, resume, SIGKILL, multi-host, NaN."""
+"""The trainer end to end on the tiny synthetic corpus: outputs, resume, early stopping, NaN, the
+GRU. The runs in other processes (SIGKILL, two processes) are in test_train_processes.py."""
 
 import dataclasses
 import json
 import os
-import random
 import shutil
-import signal
-import socket
-import subprocess
-import sys
-import time
 
 import jax
 import numpy as np
@@ -20,32 +15,8 @@ from ccc_jax import errors
 from ccc_jax import inference
 from ccc_jax import input_pipeline
 from ccc_jax import train
-from conftest import REPO, tiny_config
+from conftest import assert_same_params, restored_params, tiny_config
 from datasets.synthetic_avd import simulation
-
-
-def _params(workdir, which='latest'):
-  restored = checkpoints.restore_model(str(workdir), which)
-  return jax.device_get(restored.params), restored
-
-
-def _assert_same_params(a, b, exact=True):
-  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
-    if exact:
-      np.testing.assert_array_equal(x, y)
-    else:
-      np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-6)
-
-
-def _train_command(data_dir, workdir, *extra):
-  return [sys.executable, '-m', 'launch.train', '--config=launch/configs/synthetic.py:tiny',
-          f'--config.data_dir={data_dir}', f'--workdir={workdir}', *extra]
-
-
-def _env(devices):
-  env = dict(os.environ)
-  env['XLA_FLAGS'] = f'--xla_force_host_platform_device_count={devices}'
-  return env
 
 
 def test_run_writes_metrics_checkpoints_and_a_dev_table(tiny_workdir):
@@ -61,7 +32,7 @@ def test_run_writes_metrics_checkpoints_and_a_dev_table(tiny_workdir):
   assert list((tiny_workdir / 'tensorboard').glob('events.out.tfevents.*'))
   assert sorted(os.listdir(tiny_workdir / 'checkpoints' / 'latest')) == ['20']
   best_step = int(os.listdir(tiny_workdir / 'checkpoints' / 'best')[0])
-  _, best = _params(tiny_workdir, 'best')
+  _, best = restored_params(tiny_workdir, 'best')
   assert best.step == best_step
   assert best.tasks == ('activation', 'valence', 'dominance')
   best_info = checkpoints.Checkpoints(str(tiny_workdir)).best_run_info()
@@ -122,7 +93,7 @@ def test_with_a_fixed_schedule_a_run_is_extended_exactly(tiny_workdir, tiny_data
   assert (first['step'], first['data_placement']) == (10, 'host')
   second = train.train_and_evaluate(base.replace(num_steps=20, optimizer=fixed), workdir)
   assert (second['step'], second['data_placement']) == (20, 'device')
-  _assert_same_params(_params(workdir)[0], _params(tiny_workdir)[0], exact=True)
+  assert_same_params(restored_params(workdir)[0], restored_params(tiny_workdir)[0], exact=True)
 
 
 def test_early_stopping_keeps_the_best_and_a_resume_stops_there_too(tiny_data_dir, tmp_path,
@@ -150,73 +121,6 @@ def test_early_stopping_keeps_the_best_and_a_resume_stops_there_too(tiny_data_di
   assert longer['train_seconds'] > longer['seconds_to_best']
 
 
-@pytest.mark.slow
-def test_sigkill_at_any_moment_then_restart_reaches_the_same_parameters(tiny_workdir,
-                                                                        tiny_data_dir, tmp_path):
-  """Killed with SIGKILL after a checkpoint, then restarted: the uninterrupted run's parameters.
-  Killed while reading the device-resident split, restarted on the host pipeline: the
-  checkpoint holds the position the host iterators need."""
-  workdir = tmp_path / 'killed'
-  command = _train_command(tiny_data_dir, workdir, '--config.checkpoint_every=5')
-  process = subprocess.Popen(command, cwd=REPO, env=_env(8), stdout=subprocess.DEVNULL,
-                             stderr=subprocess.PIPE)
-  latest = workdir / 'checkpoints' / 'latest'
-  deadline = time.time() + 240
-  while time.time() < deadline and process.poll() is None:
-    if latest.is_dir() and any(name.isdigit() for name in os.listdir(latest)):
-      break
-    time.sleep(0.05)
-  seed = random.SystemRandom().randrange(2 ** 32)  # printed below: rerun with it to reproduce
-  delay = random.Random(seed).uniform(0.0, 0.6)
-  time.sleep(delay)
-  killed_alive = process.poll() is None
-  process.send_signal(signal.SIGKILL)
-  process.wait()
-  steps_left = sorted(os.listdir(latest)) if latest.is_dir() else []
-  where = (f'kill seed {seed}: killed {delay:.2f} s after the first checkpoint (still running: '
-           f'{killed_alive}); checkpoints left: {steps_left}')
-  print(where)
-  assert killed_alive, f'{where}\n' + process.stderr.read().decode()[-3000:]
-  finished = subprocess.run(command + ['--config.data_placement=host'], cwd=REPO, env=_env(8),
-                            capture_output=True, text=True)
-  assert finished.returncode == 0, f'{where}\n{finished.stderr[-3000:]}'
-  assert 'resumed from' in finished.stdout, where
-  assert 'training data from the host pipeline' in finished.stdout, finished.stdout
-  # The held-out check follows training: dev-tuned post-processing applied unchanged to test.
-  assert 'applied unchanged to test' in finished.stdout and '| mean |' in finished.stdout, where
-  try:
-    _assert_same_params(_params(workdir)[0], _params(tiny_workdir)[0], exact=True)
-  except AssertionError as error:
-    raise AssertionError(f'{where}\n{error}') from None
-
-
-def _free_port():
-  with socket.socket() as s:
-    s.bind(('localhost', 0))
-    return s.getsockname()[1]
-
-
-@pytest.mark.slow
-def test_two_processes_match_one_process(tiny_workdir, tiny_data_dir, tmp_path):
-  """Two processes with two CPU devices each reach the parameters of one process with eight
-  (the session's tiny run, trained in this process on its 8 devices with the same config).
-  Two devices, not four: the processes' collectives (Gloo) cost per device, and two per process
-  still cover several devices in a process (measured: 97 s against 110 s with four)."""
-  port = _free_port()
-  runs = []
-  for process_id in range(2):
-    runs.append(subprocess.Popen(
-        _train_command(tiny_data_dir, tmp_path / 'two', f'--coordinator_address=localhost:{port}',
-                       '--num_processes=2', f'--process_id={process_id}'),
-        cwd=REPO, env=_env(2), stdout=subprocess.PIPE, stderr=subprocess.PIPE))
-  outputs = [run.communicate(timeout=400) for run in runs]
-  for run, (out, err) in zip(runs, outputs):
-    assert run.returncode == 0, err.decode()[-3000:]
-  assert b'4 x cpu (2 process(es))' in outputs[0][0]
-  assert b'training data on the devices' in outputs[0][0]  # each process a copy on its 2
-  _assert_same_params(_params(tiny_workdir)[0], _params(tmp_path / 'two')[0], exact=False)
-
-
 def test_nan_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(
     tiny_data_dir, tmp_path, monkeypatch):
   calls = {'n': 0}
@@ -234,7 +138,7 @@ def test_nan_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(
   with pytest.raises(errors.TrainingDiverged, match='at step 13'):
     train.train_and_evaluate(tiny_config(tiny_data_dir, data_placement='host'), str(workdir))
   assert sorted(os.listdir(workdir / 'checkpoints' / 'latest')) == ['10']
-  params, restored = _params(workdir)
+  params, restored = restored_params(workdir)
   assert restored.step == 10
   assert all(np.all(np.isfinite(x)) for x in jax.tree.leaves(params))
 
@@ -247,7 +151,7 @@ def test_default_gru_model_trains_restores_and_predicts(tiny_data_dir, tmp_path)
                         model=dataclasses.replace(base.model, temporal='gru', gru_hidden=8))
   summary = train.train_and_evaluate(config, str(tmp_path / 'gru'))
   assert summary['step'] == 4 and np.isfinite(summary['dev']['mean']['ccc_concat'])
-  params, restored = _params(tmp_path / 'gru', 'best')
+  params, restored = restored_params(tmp_path / 'gru', 'best')
   assert 'BidirectionalGRULayer' in str(restored.graphdef)
   # The evaluation's batch size: its compiled forward pass serves the Predictor too.
   predictor = inference.Predictor(restored, batch_size=config.eval_batch)
