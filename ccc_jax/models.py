@@ -273,13 +273,19 @@ def _bidirectional_gru_step(params, h, gate_x, *, dtype):
   recurrent_kernel, recurrent_bias = params
   gate_h = jnp.einsum('dbh,dhg->dbg', h.astype(dtype), recurrent_kernel,
                       preferred_element_type=jnp.float32) + recurrent_bias
+  h = _gru_update(gate_x, gate_h, h)
+  return h, h
+
+
+def _gru_update(gate_x, gate_h, h):
+  """The next GRU state from the input's and the state's gates (reset, update, candidate, in
+  `nnx.GRUCell`'s order and equations) and the state."""
   x_reset, x_update, x_candidate = jnp.split(gate_x, 3, axis=-1)
   h_reset, h_update, h_candidate = jnp.split(gate_h, 3, axis=-1)
   reset = jax.nn.sigmoid(x_reset + h_reset)
   update = jax.nn.sigmoid(x_update + h_update)
   candidate = jnp.tanh(x_candidate + reset * h_candidate)
-  h = (1.0 - update) * candidate + update * h
-  return h, h
+  return (1.0 - update) * candidate + update * h
 
 
 class BidirectionalGRULayer(nnx.Module):
@@ -368,12 +374,7 @@ class CausalGRULayer(nnx.Module):
       gate_x, keep = inputs
       gate_h = jnp.matmul(h.astype(self.dtype), recurrent_kernel,
                           preferred_element_type=jnp.float32) + recurrent_bias
-      x_reset, x_update, x_candidate = jnp.split(gate_x, 3, axis=-1)
-      h_reset, h_update, h_candidate = jnp.split(gate_h, 3, axis=-1)
-      reset = jax.nn.sigmoid(x_reset + h_reset)
-      update = jax.nn.sigmoid(x_update + h_update)
-      candidate = jnp.tanh(x_candidate + reset * h_candidate)
-      h = jnp.where(keep[:, None], (1.0 - update) * candidate + update * h, h)
+      h = jnp.where(keep[:, None], _gru_update(gate_x, gate_h, h), h)
       return h, h
 
     # zeros_like (not jnp.zeros): typed as the data inside shard_map, as scan requires.
