@@ -115,19 +115,3 @@ def tiny_workdir(tiny_data_dir, tmp_path_factory):
     assert summary['step'] == 20
 
   return _built_once(tmp_path_factory, 'tiny_run', build)
-
-
-# pytest-xdist (`--dist loadfile --no-loadscope-reorder`, pyproject.toml) hands out test files in
-# collection order and each file runs whole on one worker: the longest files first (measured with
-# --durations), so that the two workers of a 2-core machine finish together instead of one of
-# them starting a long file last. (xdist's default order, by number of tests, put the many quick
-# cases of test_misuse.py first.) test_train_step.py and test_models.py need no tiny run, so the
-# other worker builds it meanwhile (`_built_once`).
-_LONGEST_FIRST = ('test_train_processes.py', 'test_train_step.py', 'test_models.py',
-                  'test_train.py', 'test_misuse.py', 'test_streaming.py', 'test_experiments.py',
-                  'test_evaluate_predict.py')
-
-
-def pytest_collection_modifyitems(items):
-  rank = {name: i for i, name in enumerate(_LONGEST_FIRST)}
-  items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable within a file
