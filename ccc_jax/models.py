@@ -102,8 +102,8 @@ class StridedConv(nnx.Conv):
   [k, C, O] to [k / s, s * C, O] (both free reshapes), the same sums are a stride-1
   convolution, whose gradients are undilated convolutions. Differentiated, the layer runs in
   the block form throughout; undifferentiated (evaluation, inference), as the strided
-  convolution, which XLA:CPU runs faster forward (BUILD_NOTES.md, "The raw-audio
-  convolutions"). A kernel size that the stride does not divide gets zero taps in the block
+  convolution, which XLA:CPU runs faster forward (BUILD_NOTES.md, "Closing the gap:
+  block-form gradients and the unrolled GRU"). A kernel size that the stride does not divide gets zero taps in the block
   form.
   """
 
