@@ -4,8 +4,9 @@ Owns the experiment grid: which cells exist (learning MTL/STL x loss CCC/PCC/MSE
 audio/mocap/audio+mocap x, for the modalities with audio, the extracted features log-mel or
 eGeMAPS; as far as the corpus has the modalities), running each cell (the seeds
 of a run are vectorised in one program by the trainer), resuming (a cell with a `result.json` is
-done), and the summary: `results.json`, `results.md` (mean +- std over seeds of dev CCC per task
-and their average, best cell marked) and `results.png`.
+done), and the summary of every finished cell in the workdir, whichever grid ran it:
+`results.json`, `results.md` (mean +- std over seeds of dev CCC per task and their average,
+best cell marked) and `results.png`.
 
 MTL cell: one run, one network for all tasks. STL cell: one run per task, each a single-task
 network (the paper's one model per dimension). The score is the dev `ccc_concat` of the last
@@ -159,11 +160,35 @@ def summarise(results: list[dict[str, Any]], tasks: Sequence[str]) -> str:
     if r is best:
       row = [f'**{value}**' for value in row]
     rows.append(row)
-  seeds = results[0]['seeds']
+  seeds = sorted({r['seeds'] for r in results})
+  over = (f'{seeds[0]} seed(s)' if len(seeds) == 1 else
+          f'each cell\'s seeds ({", ".join(map(str, seeds))}: `seeds` in results.json)')
   return report.markdown_table(header, rows) + (
       f'\n\nDev CCC (`ccc_concat`, whole recordings) at each run\'s best dev step (the '
       f'checkpoint kept, chosen by the seeds\' ensemble on dev, so these figures are '
-      f'optimistic), mean ± std over {seeds} seed(s). Best cell (highest average) in bold.\n')
+      f'optimistic), mean ± std over {over}. Best cell (highest average) in bold.\n')
+
+
+def finished_cells(workdir: str, tasks: Sequence[str], first: Sequence[dict[str, Any]] = (),
+                   log: Callable[[str], None] = print) -> list[dict[str, Any]]:
+  """`first`, then every other finished cell in `workdir` (a folder with a `result.json`) over
+  the same tasks, by name: the table covers every grid run into the workdir, so that
+  `--grid=learning` then `--grid=loss` (or an interrupted grid run again with another axis)
+  leaves one table, not the last grid's alone."""
+  results = list(first)
+  named = {r['name'] for r in results}
+  for name in sorted(os.listdir(workdir)):
+    result_file = os.path.join(workdir, name, 'result.json')
+    if name in named or not os.path.isfile(result_file):
+      continue
+    with open(result_file) as f:
+      result = json.load(f)
+    if sorted(result['dev_ccc']) != sorted(tasks):
+      log(f'{name}: not in the table (tasks {", ".join(sorted(result["dev_ccc"]))}, not '
+          f'{", ".join(tasks)})')
+      continue
+    results.append(result)
+  return results
 
 
 def run_grid(base: RunConfig, grid: str, num_seeds: int, workdir: str,
@@ -171,8 +196,9 @@ def run_grid(base: RunConfig, grid: str, num_seeds: int, workdir: str,
              train_fn: Callable[[RunConfig, str], dict],
              log: Callable[[str], None] = print,
              features: Sequence[str] | None = None) -> list[dict[str, Any]]:
-  """Runs every cell (skipping finished ones) and writes results.{json,md,png} in `workdir`;
-  `features` as in `grid_cells`."""
+  """Runs every cell (skipping finished ones) and writes results.{json,md,png} in `workdir`
+  over the grid's cells and any other finished cells there (`finished_cells`), which it
+  returns; `features` as in `grid_cells`."""
   if num_seeds < 1:
     raise ValueError(f'seeds must be at least 1, got {num_seeds}')
   cells = grid_cells(grid, corpus_modalities, features)
@@ -183,6 +209,7 @@ def run_grid(base: RunConfig, grid: str, num_seeds: int, workdir: str,
     log(f'[{i + 1}/{len(cells)}] {cell.name}' + (' (done, skipped)' if done else ''))
     results.append(run_cell(cell, base, num_seeds, workdir, train_fn))
   tasks = list(base.tasks)
+  results = finished_cells(workdir, tasks, results, log)
   files.write_json(os.path.join(workdir, 'results.json'),
                    {'grid': grid, 'seeds': num_seeds, 'tasks': tasks, 'cells': results})
   with files.atomic_write(os.path.join(workdir, 'results.md')) as f:

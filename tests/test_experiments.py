@@ -98,6 +98,31 @@ def test_grid_runs_every_cell_once_and_resumes(tmp_path):
   assert len(calls) == 36
 
 
+def test_grids_run_into_one_workdir_share_one_table(tmp_path):
+  """`--grid=learning` then `--grid=loss`: the second table keeps the first grid's cells; a
+  cell over other tasks is left out, and said."""
+  config = tiny_config('unused')
+  calls, said = [], []
+  experiments.run_grid(config, 'learning', 2, str(tmp_path), CORPUS, _fake_train(calls),
+                       log=said.append)
+  other_tasks = tmp_path / 'mtl-ccc-mocap'
+  other_tasks.mkdir()
+  (other_tasks / 'result.json').write_text(json.dumps(
+      {'name': 'mtl-ccc-mocap', 'seeds': 1, 'dev_ccc': {'valence': [0.1]}}))
+  results = experiments.run_grid(config, 'loss', 3, str(tmp_path), CORPUS, _fake_train(calls),
+                                 log=said.append)
+  names = ['mtl-ccc-audio+mocap-logmel', 'mtl-pcc-audio+mocap-logmel',
+           'mtl-mse-audio+mocap-logmel', 'stl-ccc-audio+mocap-logmel']
+  assert [r['name'] for r in results] == names  # the loss grid's, then the other finished
+  assert len(calls) == 1 + 3 + 2  # learning: MTL + 3 STL; loss: PCC and MSE (CCC was done)
+  saved = json.loads((tmp_path / 'results.json').read_text())
+  assert [c['name'] for c in saved['cells']] == names
+  table = (tmp_path / 'results.md').read_text()
+  assert all(f'| {name} |' in table or f'**{name}**' in table for name in names)
+  assert "each cell's seeds (2, 3" in table  # the grids ran 2 and 3 seeds
+  assert any(line.startswith('mtl-ccc-mocap: not in the table (tasks valence') for line in said)
+
+
 @pytest.mark.slow
 def test_mtl_and_stl_cells_on_the_tiny_corpus(tiny_data_dir, tmp_path, monkeypatch):
   """Real training: an MTL and an STL cell with two vectorised seeds each (mocap only: the
