@@ -22,6 +22,7 @@ import inspect
 import multiprocessing
 import os
 import shutil
+import tempfile
 from concurrent import futures
 from typing import Any, Sequence
 
@@ -443,6 +444,24 @@ def _worker_context() -> multiprocessing.context.BaseContext:
   return context
 
 
+def new_builder(builder_cls: type[tfds.core.DatasetBuilder], config, data_dir: str):
+  """`builder_cls(data_dir=data_dir, config=config)` writing ArrayRecord files.
+
+  Made with a temporary folder of its own as the process's temporary folder, removed after.
+  Why: a builder of a dataset not yet prepared makes an empty `mkdtemp('tfds')` folder (for
+  metadata from Google's bucket, which is off) that TFDS never removes: without this, every
+  preparation left one empty folder in /tmp per process (the main one and each worker).
+  """
+  scratch = tempfile.mkdtemp(prefix='ccc_jax_builder_')
+  system_tempdir = tempfile.tempdir
+  tempfile.tempdir = scratch
+  try:
+    return builder_cls(data_dir=data_dir, config=config, file_format='array_record')
+  finally:
+    tempfile.tempdir = system_tempdir
+    shutil.rmtree(scratch, ignore_errors=True)
+
+
 # The builder a worker process prepares recordings for (set by `_start_worker`).
 _worker_builder: WindowedBuilder | None = None
 
@@ -455,7 +474,7 @@ def _start_worker(builder_cls: type[WindowedBuilder], config: str | WindowedConf
   of a named config as a different config of the same name), else the config itself.
   """
   global _worker_builder
-  _worker_builder = builder_cls(data_dir=data_dir, config=config, file_format='array_record')
+  _worker_builder = new_builder(builder_cls, config, data_dir)
   egemaps.egemaps_lld(np.zeros(0, np.float32), 1)
 
 

@@ -137,6 +137,7 @@ def prepare_dataset(dataset: str, data_dir: str, manual_dir: str | None = None,
   if workers is not None and workers < 1:
     raise ConfigError(f'workers must be at least 1, got {workers}')
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  from datasets import common  # pylint: disable=g-import-not-at-top
   spec = DatasetSpec.parse(dataset)
   builder_cls = builder_class(spec.dataset)
   builder_config = make_config(builder_cls, spec)
@@ -153,7 +154,7 @@ def prepare_dataset(dataset: str, data_dir: str, manual_dir: str | None = None,
     for leftover in glob.glob(os.path.join(config_dir, 'incomplete.*')):
       shutil.rmtree(leftover, ignore_errors=True)
     created = [path for path in (dataset_dir, config_dir) if not os.path.exists(path)]
-    builder = builder_cls(data_dir=data_dir, config=builder_config, file_format='array_record')
+    builder = common.new_builder(builder_cls, builder_config, data_dir)
     builder.workers = workers
     already_prepared = builder.is_prepared()
     download_dir = tempfile.mkdtemp(prefix=f'{_TEMPORARY_PREFIX}{os.getpid()}_')  # unused

@@ -12,16 +12,14 @@ os.environ.setdefault('JAX_PLATFORMS', 'cpu')
 
 # Compiled programs are shared across tests and with the subprocesses some tests start (the
 # launch scripts): XLA compiles are most of the suite's time on 2 cores.
+# The process that makes the cache (pytest itself, before xdist starts its workers, which
+# inherit the variable and so share the cache) removes it when the run ends
+# (`pytest_unconfigure`): each run's cache is 17 MB, and the runs' caches used to pile up in /tmp.
+_OWN_CACHE = None
 if 'JAX_COMPILATION_CACHE_DIR' not in os.environ:
   import tempfile
-  # pytest-xdist's workers of one run share one cache (the run's id names it).
-  _RUN = os.environ.get('PYTEST_XDIST_TESTRUNUID')
-  if _RUN:
-    os.environ['JAX_COMPILATION_CACHE_DIR'] = os.path.join(tempfile.gettempdir(),
-                                                           f'ccc_jax_xla_cache_{_RUN}')
-    os.makedirs(os.environ['JAX_COMPILATION_CACHE_DIR'], exist_ok=True)
-  else:
-    os.environ['JAX_COMPILATION_CACHE_DIR'] = tempfile.mkdtemp(prefix='ccc_jax_xla_cache_')
+  _OWN_CACHE = os.environ['JAX_COMPILATION_CACHE_DIR'] = tempfile.mkdtemp(
+      prefix='ccc_jax_xla_cache_')
 os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '0')
 os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES', '0')
 
@@ -32,6 +30,12 @@ import sys  # noqa: E402
 import pytest  # noqa: E402
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
+
+
+def pytest_unconfigure(config):
+  del config
+  if _OWN_CACHE:
+    shutil.rmtree(_OWN_CACHE, ignore_errors=True)
 
 
 def tiny_config(data_dir, **overrides):

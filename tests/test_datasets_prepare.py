@@ -15,16 +15,20 @@ from datasets import prepare
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def _run(*flags):
+def _run(*flags, env=None):
   return subprocess.run([sys.executable, '-m', 'launch.prepare', *flags], cwd=REPO,
-                        capture_output=True, text=True)
+                        capture_output=True, text=True, env=env)
 
 
 @pytest.mark.slow
 def test_command_line_prepares_with_overrides_and_prints_a_summary(tmp_path):
   data_dir = str(tmp_path / 'data')
-  result = _run('--dataset=synthetic_avd:tiny,window=60,hop=30', f'--data_dir={data_dir}')
+  temporary = tmp_path / 'tmp'  # the command's temporary folder, and its workers'
+  temporary.mkdir()
+  result = _run('--dataset=synthetic_avd:tiny,window=60,hop=30', f'--data_dir={data_dir}',
+                env=dict(os.environ, TMPDIR=str(temporary)))
   assert result.returncode == 0, result.stderr
+  assert not list(temporary.iterdir())  # nothing left behind, TFDS's own folders included
   name = 'synthetic_avd/tiny_window-60_hop-30'
   assert 'Prepared synthetic_avd:tiny,window=60,hop=30 in ' in result.stdout
   assert 'train              4        64    0.022' in result.stdout  # 4 x 16 windows of 60 frames
