@@ -2,6 +2,7 @@ r"""The benchmark table: preparation, input pipeline, train step, scaling, FLOPs
 
     python -m benchmarks.run --quick                       # a few minutes on a 2-core CPU
     python -m benchmarks.run --data_dir=data --output=results.json
+    python -m benchmarks.run --table_from=results.json   # the table again, measuring nothing
     python -m benchmarks.run --suite=prepare [--quick]     # preparation alone (below)
 
 `--suite=prepare` times preparation per hour of audio on two corpora of the same length, the
@@ -37,6 +38,7 @@ from __future__ import annotations
 import glob
 import json
 import os
+import re
 import shutil
 import sys
 import tempfile
@@ -62,6 +64,9 @@ _LARGE = flags.DEFINE_bool('large', True, '--suite=prepare: also the memory-capp
 _TABLE = flags.DEFINE_bool('table', True, '--suite=prepare: the speed table (corpora x workers).')
 _KEEP = flags.DEFINE_string('keep', None, '--suite=prepare: prepare the large corpus here and '
                             'keep it (default: a temporary folder).')
+_TABLE_FROM = flags.DEFINE_string(
+    'table_from', None, 'Measure nothing: print the table of a JSON file that --output wrote '
+    '(with the same --suite).')
 
 DATASET = 'synthetic_avd/default'  # launch/configs/synthetic.py's default
 SEEDS = 3  # as in the experiment grid
@@ -335,8 +340,10 @@ def measure_data_paths(stage, sizes, data_dir: str, devices: int, on_cpu: bool) 
 def data_path_lines(results: dict[str, Any]) -> list[str]:
   """The table of the trainer's loop with each data path (rows of `measure_data_paths`)."""
   rows = []
-  for key in sorted((k for k in results if k.startswith('data_')),
-                    key=lambda k: (k.rsplit('_', 1)[1], DATA_PATHS.index(k.split('_')[1]))):
+  # `data_{placement}_{run}`, by run and then placement (not `data_dir`, also in `results`).
+  keys = [(int(match[2]), DATA_PATHS.index(match[1]), match[0]) for match in (
+      re.fullmatch(rf'data_({"|".join(DATA_PATHS)})_(\d+)', k) for k in results) if match]
+  for _, _, key in sorted(keys):
     r = results[key]
     rows.append((f"{r['placement']} (run {key.rsplit('_', 1)[1]})",
                  f"{r['steps_per_s']:.2f}", f"{r['windows_per_s']:.0f}",
@@ -348,7 +355,7 @@ def data_path_lines(results: dict[str, Any]) -> list[str]:
                  f"{r['setup_s']:.1f}", f"{r['host_peak_mib']:.0f}", _device_mib(r)))
   if not rows:
     return []
-  first = results[next(k for k in results if k.startswith('data_'))]
+  first = results[min(keys)[2]]
   return ['', f"trainer loop by data path ({first['devices']} device(s), global batch "
           f"{first['global_batch']}, {first['loop_steps']} steps as the trainer runs them, "
           'alternating with as many steps alone in rounds of 10; '
@@ -535,6 +542,11 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
   log = lambda m: print(m, file=sys.stderr)
+  if _TABLE_FROM.value:
+    with open(_TABLE_FROM.value) as f:
+      results = json.load(f)
+    print(format_prepare_table(results) if _SUITE.value == 'prepare' else format_table(results))
+    return
   try:
     if _SUITE.value == 'prepare':
       results = measure_prepare(_QUICK.value, _REFERENCE.value, _KEEP.value, _TABLE.value,
@@ -544,11 +556,11 @@ def main(argv):
   except common.StageFailed as error:
     print(f'benchmarks: {error}', file=sys.stderr)
     sys.exit(1)
-  print(format_prepare_table(results) if _SUITE.value == 'prepare' else format_table(results))
-  if _OUTPUT.value:
+  if _OUTPUT.value:  # first: a table that cannot be printed must not lose the measurements
     with open(_OUTPUT.value, 'w') as f:
       json.dump(results, f, indent=2)
-    print(f'\nwrote {_OUTPUT.value}')
+    print(f'wrote {_OUTPUT.value} (print its table again: --table_from={_OUTPUT.value})\n')
+  print(format_prepare_table(results) if _SUITE.value == 'prepare' else format_table(results))
 
 
 if __name__ == '__main__':
