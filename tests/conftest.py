@@ -6,8 +6,13 @@ tests and one-device tests share compiled programs and a single JAX start-up.
 
 import os
 
-os.environ['XLA_FLAGS'] = (
-    os.environ.get('XLA_FLAGS', '') + ' --xla_force_host_platform_device_count=8').strip()
+# LLVM's optimisation level 0 for XLA's CPU code, here and in the subprocesses tests start
+# (`env_with_devices`): the tests check what the code computes, not how fast XLA's code for it
+# runs, and compiling is most of the suite's time on 2 cores (a tiny train step: 4.4 s to
+# compile at level 0 against 7.8 s at the default; BUILD_NOTES.md "Fresh-clone check").
+TEST_XLA_FLAGS = '--xla_backend_optimization_level=0'
+os.environ['XLA_FLAGS'] = ' '.join((os.environ.get('XLA_FLAGS', ''), TEST_XLA_FLAGS,
+                                    '--xla_force_host_platform_device_count=8')).strip()
 os.environ.setdefault('JAX_PLATFORMS', 'cpu')
 
 # Compiled programs are shared across tests and with the subprocesses some tests start (the
@@ -72,7 +77,7 @@ def train_command(data_dir, workdir, *extra):
 def env_with_devices(devices):
   """This environment with `devices` fake CPU devices, for a subprocess."""
   env = dict(os.environ)
-  env['XLA_FLAGS'] = f'--xla_force_host_platform_device_count={devices}'
+  env['XLA_FLAGS'] = f'{TEST_XLA_FLAGS} --xla_force_host_platform_device_count={devices}'
   return env
 
 
