@@ -343,9 +343,9 @@ def data_path_lines(results: dict[str, Any]) -> list[str]:
   # `data_{placement}_{run}`, by run and then placement (not `data_dir`, also in `results`).
   keys = [(int(match[2]), DATA_PATHS.index(match[1]), match[0]) for match in (
       re.fullmatch(rf'data_({"|".join(DATA_PATHS)})_(\d+)', k) for k in results) if match]
-  for _, _, key in sorted(keys):
+  for run, _, key in sorted(keys):
     r = results[key]
-    rows.append((f"{r['placement']} (run {key.rsplit('_', 1)[1]})",
+    rows.append((f"{r['placement']} (run {run})",
                  f"{r['steps_per_s']:.2f}", f"{r['windows_per_s']:.0f}",
                  f"{r['compute_step_s'] * 1e3:.0f}", f"{r['loop_step_s'] * 1e3:.0f}",
                  f"{100 * r['device_wait_fraction']:.0f}%",
@@ -376,11 +376,12 @@ def derive(results: dict[str, Any], counts: list[int], main_count: int) -> dict[
   peak_total = peak * (1 if results['info']['backend'] == 'cpu' else main_count)
   achieved = main['train_flops_per_window'] * main['windows_per_s'] / 1e9
   reference = results[f'train_{counts[0]}']
+  # Keys as strings, as the JSON of --output holds them (so --table_from formats the same dict).
   scaling = {}
   for n in counts:
     run = results[f'train_{n}']
     steps = min(len(run['losses']), len(reference['losses']))
-    scaling[n] = {
+    scaling[str(n)] = {
         'speedup': run['windows_per_s'] / reference['windows_per_s'],
         'max_loss_difference': max(abs(a - b) for a, b in zip(run['losses'][:steps],
                                                                reference['losses'][:steps])),
@@ -404,7 +405,7 @@ def derive(results: dict[str, Any], counts: list[int], main_count: int) -> dict[
                 '[loss, optimizer, collectives] = step - model': minus(step, model)},
       'achieved_gflops': achieved, 'peak_gflops': peak_total,
       'fraction_of_peak': achieved / peak_total,
-      'pipeline_to_step': {w: results[f'pipeline_{w}']['windows_per_s'] / main['windows_per_s']
+      'pipeline_to_step': {str(w): results[f'pipeline_{w}']['windows_per_s'] / main['windows_per_s']
                            for w in PIPELINE_WORKERS},
       'scaling': scaling,
   }
@@ -477,7 +478,7 @@ def format_table(results: dict[str, Any]) -> str:
   for workers in PIPELINE_WORKERS:
     pipe = results[f'pipeline_{workers}']
     row(f'input pipeline alone, {workers} workers',
-        f"{pipe['windows_per_s']:.0f} windows/s = {derived['pipeline_to_step'][workers]:.1f}x "
+        f"{pipe['windows_per_s']:.0f} windows/s = {derived['pipeline_to_step'][str(workers)]:.1f}x "
         f"the step (first batch {pipe['first_batch_s']:.1f} s)", pipe)
   lines = [header, '', _columns(('measurement', 'value', 'host MiB (process / tree)',
                                   'device MiB'), rows)]
@@ -511,7 +512,8 @@ def format_table(results: dict[str, Any]) -> str:
                       for name, p in {**parts['parts'], **derived['parts']}.items()])]
 
   scaling_rows = []
-  for n, figures in derived['scaling'].items():
+  for devices, figures in derived['scaling'].items():
+    n = int(devices)
     run = results[f'train_{n}']
     scaling_rows.append((
         str(n), str(run['global_batch'] // n), f"{run['compile_s']:.1f}",
@@ -538,6 +540,11 @@ def _columns(header, rows) -> str:
                    for r in [header, *rows])
 
 
+def _table(results: dict[str, Any]) -> str:
+  """The table of --suite's results."""
+  return format_prepare_table(results) if _SUITE.value == 'prepare' else format_table(results)
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
@@ -545,7 +552,7 @@ def main(argv):
   if _TABLE_FROM.value:
     with open(_TABLE_FROM.value) as f:
       results = json.load(f)
-    print(format_prepare_table(results) if _SUITE.value == 'prepare' else format_table(results))
+    print(_table(results))
     return
   try:
     if _SUITE.value == 'prepare':
@@ -560,7 +567,7 @@ def main(argv):
     with open(_OUTPUT.value, 'w') as f:
       json.dump(results, f, indent=2)
     print(f'wrote {_OUTPUT.value} (print its table again: --table_from={_OUTPUT.value})\n')
-  print(format_prepare_table(results) if _SUITE.value == 'prepare' else format_table(results))
+  print(_table(results))
 
 
 if __name__ == '__main__':

@@ -1,5 +1,6 @@
 """The benchmark table's formatting (the measurements themselves run in `python -m benchmarks.run`,
-not in the test suite)."""
+not in the test suite). `data/benchmarks_quick.json`: what `python -m benchmarks.run --quick
+--output=...` wrote on 2026-12-01 (BUILD_NOTES.md, "The whole benchmark table on this code")."""
 
 import json
 import subprocess
@@ -27,3 +28,18 @@ def test_data_path_table_has_one_row_per_data_path_and_run():
   assert rows == ['host (run 0)', 'device (run 0)', 'host (run 1)', 'device (run 1)']
   assert '1 device(s), global batch 32, 20 steps' in lines[1]
   assert none == []
+
+
+def test_a_saved_run_prints_its_whole_table_again():
+  """`--table_from` formats a run's JSON, as read back from the file (string keys where the run
+  had integers), into every section of the table."""
+  done = subprocess.run([sys.executable, '-m', 'benchmarks.run',
+                         f'--table_from={REPO / "tests" / "data" / "benchmarks_quick.json"}'],
+                        cwd=REPO, capture_output=True, text=True)
+  assert done.returncode == 0, done.stderr[-3000:]
+  for line in ('train step, 1 device(s)                           262 ms/step = 122.0 windows/s',
+               'input pipeline alone, 0 workers                   683 windows/s = 5.6x the step',
+               'host (run 0)    3.24     104', 'device (run 0)  3.91     125',
+               'audio conv 1: 1->16 channels', '8        4                 9.3        255',
+               'bfloat16       305      104.9      0.86'):
+    assert line in done.stdout, line
