@@ -16,10 +16,10 @@ os.environ['XLA_FLAGS'] = ' '.join((os.environ.get('XLA_FLAGS', ''), TEST_XLA_FL
 os.environ.setdefault('JAX_PLATFORMS', 'cpu')
 
 # Compiled programs are shared across tests and with the subprocesses some tests start (the
-# launch scripts): XLA compiles are most of the suite's time on 2 cores.
-# The process that makes the cache (pytest itself, before xdist starts its workers, which
-# inherit the variable and so share the cache) removes it when the run ends
-# (`pytest_unconfigure`): each run's cache is 17 MB, and the runs' caches used to pile up in /tmp.
+# launch scripts): XLA compiles are most of the suite's time on 2 cores. The process that makes
+# the cache (pytest itself, before xdist starts its workers, which inherit the variable and so
+# share the cache) removes it when the run ends (`pytest_unconfigure`): each run's cache is
+# 17 MB, and the runs' caches used to pile up in /tmp.
 _OWN_CACHE = None
 if 'JAX_COMPILATION_CACHE_DIR' not in os.environ:
   import tempfile

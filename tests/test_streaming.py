@@ -10,7 +10,6 @@ compile time.
 """
 
 import dataclasses
-import os
 import subprocess
 import sys
 
@@ -30,7 +29,7 @@ from ccc_jax import streaming
 from ccc_jax import train
 from ccc_jax.config import ConfigError, ModelConfig
 from ccc_jax.errors import CheckpointError
-from conftest import REPO, TEST_XLA_FLAGS, tiny_config
+from conftest import REPO, env_with_devices, tiny_config
 from fixtures import write_recording
 from test_inference import MOCAP_RATE, _session
 
@@ -184,7 +183,7 @@ def _parse(output: str):
 def test_command_line_streams_a_file_and_piped_pcm(multimodal, tiny_data_dir, tmp_path):
   """One audio-only causal run for both inputs (the second command finds its compiled programs
   in the persistent cache); mocap streaming is tested above, in-process."""
-  env = {**os.environ, 'XLA_FLAGS': TEST_XLA_FLAGS}  # one device
+  env = env_with_devices(1)
   audio_only, _ = _causal_run(tiny_data_dir, tmp_path / 'audio_only', ('audio', 'logmel'), (0,))
   wav, _ = write_recording(tmp_path, seconds=2.0, rate=44100)
   done = subprocess.run(_stream_command(f'--workdir={audio_only.workdir}', f'--audio={wav}',
