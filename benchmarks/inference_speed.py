@@ -26,6 +26,7 @@ import numpy as np
 from ccc_jax import checkpoints
 from ccc_jax import evaluation
 from ccc_jax import features
+from ccc_jax import host_memory
 from ccc_jax import inference
 from ccc_jax import train
 from ccc_jax.config import ModelInfo
@@ -97,6 +98,7 @@ class _Timed:
 
 def main(argv):
   del argv
+  host_memory.keep_freed_memory()  # as the launch scripts do, before JAX starts
   seconds = _HOURS.value * 3600
   audio, positions = _recording(seconds)
   print(f'{jax.device_count()} x {jax.devices()[0].device_kind}; {seconds / 3600:.2f} h of '

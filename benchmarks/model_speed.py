@@ -11,7 +11,9 @@ median over `--repeats` runs; the minimum is the figure least disturbed by other
 
 `--compare=N` (needs PyTorch, the optional extra `bench`): N rounds, each one process per
 measurement, alternated (ours, PyTorch, ours, PyTorch, ...), all with the tuned allocator
-(`TUNED_ALLOCATOR`) unless `--notuned_allocator`: the trainer's real step (CCC loss, clipping,
+(`TUNED_ALLOCATOR`) unless `--notuned_allocator` (glibc's defaults); ours also set
+`ccc_jax.host_memory`'s settings in the process, as the launch scripts do: the trainer's real
+step (CCC loss, clipping,
 AdamW; batch 32) and the evaluation forward pass (batch 64) of the default synthetic model
 (`--compute_dtype` for ours), against `benchmarks/torch_twin.py` (PyTorch eager) started from
 the same parameters; each PyTorch process first checks that its outputs equal ours. Prints the
@@ -40,6 +42,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ccc_jax import config as config_lib
+from ccc_jax import host_memory
 from ccc_jax import models
 from ccc_jax.config import ModelConfig
 
@@ -62,8 +65,9 @@ _STEPS = flags.DEFINE_integer('steps', 10, 'Timed calls per --compare process, a
 
 INPUT_DIMS = {'audio': 640, 'logmel': 40, 'mocap': 90}
 NUM_TASKS = 3
-# glibc malloc settings that keep freed memory in the process (no mmap/munmap per large tensor);
-# PyTorch eager gains from them most (BUILD_NOTES.md "Step speed and mixed precision").
+# glibc malloc settings that keep freed memory in the process (no mmap/munmap per large tensor):
+# PyTorch eager's best. Ours add one arena for all threads (`ccc_jax.host_memory`, set in the
+# process), which cost PyTorch's training 4-16% (BUILD_NOTES.md "The page faults").
 TUNED_ALLOCATOR = {'MALLOC_MMAP_MAX_': '0', 'MALLOC_TRIM_THRESHOLD_': '68719476736',
                    'MALLOC_TOP_PAD_': '1073741824'}
 TRAIN_BATCH, INFER_BATCH = 32, 64  # the synthetic config's global_batch and eval_batch
@@ -256,6 +260,10 @@ def compare(rounds: int, compute_dtype: str, tuned_allocator: bool, steps: int) 
 
 def main(argv):
   del argv
+  if _MEASURE.value in (None, 'jax_train', 'jax_infer'):
+    # As the launch scripts do, before JAX starts (the PyTorch processes: TUNED_ALLOCATOR from
+    # the environment, or glibc's defaults with --notuned_allocator).
+    host_memory.keep_freed_memory()
   if _MEASURE.value:
     with open(_JSON.value, 'w') as f:
       json.dump(_measure(_MEASURE.value, _COMPUTE_DTYPE.value, _STEPS.value), f)

@@ -54,6 +54,7 @@ from benchmarks import common
 from ccc_jax import audio_io
 from ccc_jax import evaluation
 from ccc_jax import features
+from ccc_jax import host_memory
 from ccc_jax import input_pipeline
 from ccc_jax import sharding
 from ccc_jax import train
@@ -493,6 +494,8 @@ STAGES = {'info': info, 'matmul': matmul, 'prepare': prepare, 'compare': compare
 
 
 def main(argv):
+  if _STAGE.value not in ('prepare', 'compare'):  # as the launch scripts (not preparation) do
+    host_memory.keep_freed_memory()
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
   if _STAGE.value not in STAGES:

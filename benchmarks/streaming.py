@@ -172,6 +172,8 @@ def _streamed_dev(workdir: str) -> dict:
 
 def main(argv):
   del argv
+  from ccc_jax import host_memory  # pylint: disable=g-import-not-at-top
+  host_memory.keep_freed_memory()  # as the launch scripts do, before JAX starts
   if _SPEED_ONLY.value:
     print(json.dumps(_speed_run(_WORKDIR.value, _MINUTES.value)))
     return

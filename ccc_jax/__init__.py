@@ -2,7 +2,8 @@
 
 Modules, each with one job (imports point downward through this list):
 
-- `errors`, `config` (the typed run record and the variant syntax), `files` (atomic writes);
+- `errors`, `config` (the typed run record and the variant syntax), `files` (atomic writes),
+  `host_memory` (the allocator setting that keeps XLA:CPU's buffers between calls);
 - `losses`, `metrics` (the numbers), `report` (markdown tables), `plots`;
 - `audio_io`, `features`, `egemaps` (openSMILE's eGeMAPS LLDs), `formats` (CSV tables),
   `windows`;
@@ -11,7 +12,7 @@ Modules, each with one job (imports point downward through this list):
   `streaming` (causal runs, live: `StreamingPredictor`), `evaluation` (scoring a split), `train`,
   `inference` (the `Predictor`), `experiments`.
 
-For using a trained model:
+For using a trained model (on CPU, `ccc_jax.host_memory.keep_freed_memory()` first: see there):
 
     predictor = ccc_jax.Predictor.load('runs/synthetic')
     traces = predictor.predict(audio, sample_rate=16000)     # [frames, tasks] at 25 Hz
@@ -33,9 +34,9 @@ _LAZY = {
 }
 
 _MODULES = ('audio_io', 'checkpoints', 'config', 'egemaps', 'errors', 'evaluation',
-            'experiments', 'features', 'files', 'formats', 'inference', 'input_pipeline',
-            'losses', 'metrics', 'models', 'plots', 'postprocess', 'report', 'sharding', 'streaming',
-            'train', 'windows')
+            'experiments', 'features', 'files', 'formats', 'host_memory', 'inference',
+            'input_pipeline', 'losses', 'metrics', 'models', 'plots', 'postprocess', 'report',
+            'sharding', 'streaming', 'train', 'windows')
 
 
 def __getattr__(name):

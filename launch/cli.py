@@ -1,5 +1,5 @@
 """What the launch scripts share: the run record from the config flag, one-line errors, quiet
-logging and multi-process start-up."""
+logging, the host allocator's settings and multi-process start-up."""
 
 from __future__ import annotations
 
@@ -62,9 +62,18 @@ def _flag_error_message(error: Exception, argv: list[str]) -> str:
   return lines[-1] if lines else type(error).__name__
 
 
-def run(main: Callable, program: str) -> None:
+def run(main: Callable, program: str, keep_freed_memory: bool = True) -> None:
   """`app.run(main)`, but a bad flag (an unknown `--config.FIELD`, an unknown variant, a bad
-  value) ends with one line and exit status 1 instead of a traceback."""
+  value) ends with one line and exit status 1 instead of a traceback.
+
+  `keep_freed_memory`: set the host allocator to keep freed memory before JAX starts
+  (`ccc_jax.host_memory`), for the commands that run compiled programs again and again. Not
+  for preparation, which is numpy work whose peak memory is measured and capped (freed memory
+  goes back to the system there).
+  """
+  if keep_freed_memory:
+    from ccc_jax import host_memory  # pylint: disable=g-import-not-at-top
+    host_memory.keep_freed_memory()
   def parse(argv):
     try:
       return flags.FLAGS(argv)

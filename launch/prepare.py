@@ -56,4 +56,4 @@ def main(argv: Sequence[str]) -> None:
 
 
 if __name__ == '__main__':
-  cli.run(main, 'prepare')
+  cli.run(main, 'prepare', keep_freed_memory=False)

@@ -15,6 +15,11 @@ os.environ['XLA_FLAGS'] = ' '.join((os.environ.get('XLA_FLAGS', ''), TEST_XLA_FL
                                     '--xla_force_host_platform_device_count=8')).strip()
 os.environ.setdefault('JAX_PLATFORMS', 'cpu')
 
+# The launch scripts' allocator settings, before JAX starts (`ccc_jax.host_memory`): tests then
+# run the programs as users' runs do.
+from ccc_jax import host_memory  # noqa: E402
+host_memory.keep_freed_memory()
+
 # Compiled programs are shared across tests and with the subprocesses some tests start (the
 # launch scripts): XLA compiles are most of the suite's time on 2 cores. The process that makes
 # the cache (pytest itself, before xdist starts its workers, which inherit the variable and so
