@@ -1,24 +1,35 @@
-"""The host's memory allocator, set so that XLA:CPU's buffers stay in the process between calls.
+"""How a CPU process keeps XLA's buffers between calls instead of faulting them in at every call.
 
-Owns `keep_freed_memory()`, which every launch script and benchmark calls at start-up (before
-JAX starts its CPU backend), and which a user of the library calls first thing for the same
-speed.
+Owns `keep_freed_memory()`, which every launch script but preparation, the benchmarks and the
+test suite call at start-up, before JAX starts its CPU backend; a user of the library calls it
+first thing for the same speed.
 
 Why: each call of a compiled XLA:CPU program allocates its temporary buffer (145 MB for the
-default train step at batch 32) and frees it when the call ends. The allocation is made on one
-of XLA's worker threads, so under glibc's defaults it lands in a per-thread arena, which cannot
-hold a block that large; glibc then maps it fresh from the kernel and unmaps it on free. Every
-step thus faulted in every page of its buffers again: 35,000 page faults per step, the kernel
-zeroing 4 KB for each, which took a quarter of the step's time (BUILD_NOTES.md, "The page
-faults"). With one arena, no mapping of large blocks and no trimming of the heap's top, the
-freed block stays in the heap and the next call reuses it.
+default train step at batch 32, 66 MB for the evaluation forward pass at batch 64) and frees it
+when the call ends. Under glibc's defaults a block that large is mapped fresh from the kernel
+(`mmap`) and unmapped on free, so every call faulted in and zeroed every page of its buffers
+again: 35,400 page faults per training step, which made the step 1.7x slower (BUILD_NOTES.md,
+"The page faults"). Two settings stop it:
 
-The price: memory freed by the process is kept for its later allocations rather than returned
-to the system, so the resident size stays at its peak, which for a training or inference
-process is what it needs again at the next step anyway. Only glibc (Linux) has these settings;
-elsewhere, and under another allocator (`LD_PRELOAD`), nothing is changed. A setting given in
-the environment (`MALLOC_ARENA_MAX`, `MALLOC_MMAP_MAX_`, `MALLOC_TRIM_THRESHOLD_`,
-`GLIBC_TUNABLES`) is left as the user set it.
+- glibc's allocator keeps freed memory (`M_MMAP_MAX=0`: large blocks come from the heap too;
+  `M_TRIM_THRESHOLD` at its maximum: the heap's top is not given back on free), so the next
+  call reuses the block;
+- a one-device CPU computation runs on the thread that calls it (`jax_cpu_enable_async_dispatch`
+  off), whose heap that is. Dispatched asynchronously it ran on one of XLA's worker threads,
+  which glibc gives an arena of its own whose heaps cannot exceed 64 MiB, so the block was
+  mapped afresh whatever the settings. (One arena for all threads, `M_ARENA_MAX=1`, also ends
+  the faults, but it made compiling 3-40% slower and the step slower than this, the threads
+  contending for the one heap.)
+
+The price: memory the process frees is kept for its later allocations rather than returned to
+the system; for a process that trains or predicts, that is what its next call needs anyway. A
+jitted call on the CPU returns when its result is ready rather than at once (nothing in this
+project overlaps Python work with a CPU step; accelerators are not affected). A computation over
+several CPU devices (fake devices, `--xla_force_host_platform_device_count`) is still dispatched
+asynchronously and still faults. Only glibc (Linux) has the allocator settings; elsewhere, and
+under another allocator (`LD_PRELOAD`), they are left alone. A setting given in the environment
+(`MALLOC_MMAP_MAX_`, `MALLOC_TRIM_THRESHOLD_`, `GLIBC_TUNABLES`, `JAX_CPU_ENABLE_ASYNC_DISPATCH`)
+is left as the user set it.
 """
 
 from __future__ import annotations
@@ -30,40 +41,45 @@ import platform
 import sys
 
 # glibc's mallopt parameters (malloc.h) and what we set them to.
-_M_TRIM_THRESHOLD, _M_MMAP_MAX, _M_ARENA_MAX = -1, -4, -8
+_M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4
 _INT_MAX = 2**31 - 1
-SETTINGS = (
+ALLOCATOR_SETTINGS = (
     # (name, mallopt parameter, value, the environment variable that sets it instead)
-    ('arena_max', _M_ARENA_MAX, 1, 'MALLOC_ARENA_MAX'),  # every thread allocates from the heap
-    ('mmap_max', _M_MMAP_MAX, 0, 'MALLOC_MMAP_MAX_'),  # large blocks from the heap too
-    ('trim_threshold', _M_TRIM_THRESHOLD, _INT_MAX, 'MALLOC_TRIM_THRESHOLD_'),  # kept on free
+    ('mmap_max', _M_MMAP_MAX, 0, 'MALLOC_MMAP_MAX_'),
+    ('trim_threshold', _M_TRIM_THRESHOLD, _INT_MAX, 'MALLOC_TRIM_THRESHOLD_'),
 )
+_DISPATCH_VARIABLE = 'JAX_CPU_ENABLE_ASYNC_DISPATCH'
 
 
-def keep_freed_memory() -> dict[str, int]:
-  """Sets glibc's allocator to keep freed memory in the process (see the module docstring).
+def keep_freed_memory() -> dict[str, int | bool]:
+  """Sets the allocator and JAX's CPU dispatch so that buffers stay between calls (see the
+  module docstring).
 
-  Call it before the first JAX computation (or `jax.devices()`): XLA's worker threads take
-  their arena when they first allocate, and keep it. Calling it again does nothing more.
+  Call it before the first JAX computation (or `jax.devices()`): JAX reads the dispatch setting
+  when it starts its CPU backend. Calling it again does nothing more.
 
   Returns:
-    The settings applied, by name ({} where there is no glibc, another allocator is preloaded,
-    or the environment sets all of them).
+    The settings applied, by name: `mmap_max`, `trim_threshold` (glibc only, unless the
+    environment sets them), `cpu_async_dispatch` (unless the environment sets it, or JAX had
+    started already: then a warning on stderr).
   """
-  if platform.system() != 'Linux' or platform.libc_ver()[0] != 'glibc':
-    return {}
-  if 'malloc' in os.environ.get('LD_PRELOAD', '') or 'glibc.malloc' in os.environ.get(
-      'GLIBC_TUNABLES', ''):
-    return {}
-  try:
-    libc = ctypes.CDLL(ctypes.util.find_library('c') or 'libc.so.6')
-    mallopt = libc.mallopt
-  except (OSError, AttributeError):
-    return {}
-  mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
-  mallopt.restype = ctypes.c_int
-  applied = {}
-  for name, parameter, value, variable in SETTINGS:
+  applied: dict[str, int | bool] = {}
+  if _DISPATCH_VARIABLE not in os.environ:
+    import jax  # pylint: disable=g-import-not-at-top
+    from jax._src import xla_bridge  # pylint: disable=g-import-not-at-top
+    if not jax.config.read('jax_cpu_enable_async_dispatch'):
+      applied['cpu_async_dispatch'] = False
+    elif xla_bridge.backends_are_initialized():
+      print('ccc_jax.host_memory: JAX has started already, so its CPU computations stay '
+            'asynchronous; call keep_freed_memory() before the first computation',
+            file=sys.stderr)
+    else:
+      jax.config.update('jax_cpu_enable_async_dispatch', False)
+      applied['cpu_async_dispatch'] = False
+  mallopt = _glibc_mallopt()
+  if mallopt is None:
+    return applied
+  for name, parameter, value, variable in ALLOCATOR_SETTINGS:
     if variable in os.environ:
       continue
     if mallopt(parameter, value) == 1:  # mallopt returns 1 on success
@@ -71,3 +87,19 @@ def keep_freed_memory() -> dict[str, int]:
     else:
       print(f'ccc_jax.host_memory: glibc refused mallopt({name}={value})', file=sys.stderr)
   return applied
+
+
+def _glibc_mallopt():
+  """glibc's `mallopt`, or None off glibc, under a preloaded allocator or glibc tunables."""
+  if platform.system() != 'Linux' or platform.libc_ver()[0] != 'glibc':
+    return None
+  if 'malloc' in os.environ.get('LD_PRELOAD', '') or 'glibc.malloc' in os.environ.get(
+      'GLIBC_TUNABLES', ''):
+    return None
+  try:
+    mallopt = ctypes.CDLL(ctypes.util.find_library('c') or 'libc.so.6').mallopt
+  except (OSError, AttributeError):
+    return None
+  mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
+  mallopt.restype = ctypes.c_int
+  return mallopt
