@@ -1,8 +1,11 @@
 """The `python -m launch.prepare` command: configs, overrides, summary and usage errors."""
 
 import os
+import pathlib
+import shutil
 import subprocess
 import sys
+import tempfile
 
 import pytest
 import tensorflow_datasets as tfds
@@ -23,12 +26,17 @@ def _run(*flags, env=None):
 @pytest.mark.slow
 def test_command_line_prepares_with_overrides_and_prints_a_summary(tmp_path):
   data_dir = str(tmp_path / 'data')
-  temporary = tmp_path / 'tmp'  # the command's temporary folder, and its workers'
-  temporary.mkdir()
-  result = _run('--dataset=synthetic_avd:tiny,window=60,hop=30', f'--data_dir={data_dir}',
-                env=dict(os.environ, TMPDIR=str(temporary)))
-  assert result.returncode == 0, result.stderr
-  assert not list(temporary.iterdir())  # nothing left behind, TFDS's own folders included
+  # The command's temporary folder, and its workers': short, as the system's is, since the
+  # workers' sockets live there and a socket's path has at most 107 bytes (under pytest's
+  # folders it failed with "AF_UNIX path too long" once they were numbered in the hundreds).
+  temporary = pathlib.Path(tempfile.mkdtemp(prefix='ccc_prep_'))
+  try:
+    result = _run('--dataset=synthetic_avd:tiny,window=60,hop=30', f'--data_dir={data_dir}',
+                  env=dict(os.environ, TMPDIR=str(temporary)))
+    assert result.returncode == 0, result.stderr
+    assert not list(temporary.iterdir())  # nothing left behind, TFDS's own folders included
+  finally:
+    shutil.rmtree(temporary)
   name = 'synthetic_avd/tiny_window-60_hop-30'
   assert 'Prepared synthetic_avd:tiny,window=60,hop=30 in ' in result.stdout
   assert 'train              4        64    0.022' in result.stdout  # 4 x 16 windows of 60 frames
