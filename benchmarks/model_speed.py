@@ -66,10 +66,10 @@ _STEPS = flags.DEFINE_integer('steps', 10, 'Timed calls per --compare process, a
 INPUT_DIMS = {'audio': 640, 'logmel': 40, 'mocap': 90}
 NUM_TASKS = 3
 # glibc malloc settings that keep freed memory in the process (no mmap/munmap per large tensor),
-# PyTorch eager's best (one arena for all threads as well cost its training 4-16%). Our
-# processes set the same two that matter from inside (`ccc_jax.host_memory`) and run their CPU
-# computations on the calling thread, without which XLA's buffers never reach this heap
-# (BUILD_NOTES.md "The page faults").
+# the "tuned allocator" PyTorch eager runs with (one arena for all threads as well cost its
+# training 4-16%). Our processes set the two that matter from inside (`ccc_jax.host_memory`) and
+# run their CPU computations on the calling thread, without which XLA's buffers never reach this
+# heap (BUILD_NOTES.md "The page faults").
 TUNED_ALLOCATOR = {'MALLOC_MMAP_MAX_': '0', 'MALLOC_TRIM_THRESHOLD_': '68719476736',
                    'MALLOC_TOP_PAD_': '1073741824'}
 TRAIN_BATCH, INFER_BATCH = 32, 64  # the synthetic config's global_batch and eval_batch
