@@ -3,7 +3,7 @@
 Modules, each with one job (imports point downward through this list):
 
 - `errors`, `config` (the typed run record and the variant syntax), `files` (atomic writes),
-  `host_memory` (the allocator setting that keeps XLA:CPU's buffers between calls);
+  `host_memory` (the allocator and dispatch settings that keep XLA:CPU's buffers between calls);
 - `losses`, `metrics` (the numbers), `report` (markdown tables), `plots`;
 - `audio_io`, `features`, `egemaps` (openSMILE's eGeMAPS LLDs), `formats` (CSV tables),
   `windows`;

@@ -8,7 +8,7 @@ Why: each call of a compiled XLA:CPU program allocates its temporary buffer (145
 default train step at batch 32, 66 MB for the evaluation forward pass at batch 64) and frees it
 when the call ends. Under glibc's defaults a block that large is mapped fresh from the kernel
 (`mmap`) and unmapped on free, so every call faulted in and zeroed every page of its buffers
-again: 35,400 page faults per training step, which made the step 1.7x slower (BUILD_NOTES.md,
+again: 35,400 page faults per training step, which made the step 1.5-1.8x slower (BUILD_NOTES.md,
 "The page faults"). Two settings stop it:
 
 - glibc's allocator keeps freed memory (`M_MMAP_MAX=0`: large blocks come from the heap too;
@@ -23,8 +23,10 @@ again: 35,400 page faults per training step, which made the step 1.7x slower (BU
 
 The price: memory the process frees is kept for its later allocations rather than returned to
 the system; for a process that trains or predicts, that is what its next call needs anyway. A
-jitted call on the CPU returns when its result is ready rather than at once (nothing in this
-project overlaps Python work with a CPU step; accelerators are not affected). A computation over
+jitted call on one CPU device returns when its result is ready rather than at once, so Python
+work no longer overlaps it: the trainer's host pipeline now makes the next batch after the step
+rather than during it (its loop is still no slower, the step being faster; the device-resident
+path has nothing to overlap; accelerators are not affected). A computation over
 several CPU devices (fake devices, `--xla_force_host_platform_device_count`) is still dispatched
 asynchronously and still faults. Only glibc (Linux) has the allocator settings; elsewhere, and
 under another allocator (`LD_PRELOAD`), they are left alone. A setting given in the environment

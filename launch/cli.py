@@ -66,8 +66,9 @@ def run(main: Callable, program: str, keep_freed_memory: bool = True) -> None:
   """`app.run(main)`, but a bad flag (an unknown `--config.FIELD`, an unknown variant, a bad
   value) ends with one line and exit status 1 instead of a traceback.
 
-  `keep_freed_memory`: set the host allocator to keep freed memory before JAX starts
-  (`ccc_jax.host_memory`), for the commands that run compiled programs again and again. Not
+  `keep_freed_memory`: before JAX starts, set the host allocator to keep freed memory and JAX's
+  CPU dispatch to the calling thread (`ccc_jax.host_memory`), for the commands that run compiled
+  programs again and again. Not
   for preparation, which is numpy work whose peak memory is measured and capped (freed memory
   goes back to the system there).
   """

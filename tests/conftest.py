@@ -15,8 +15,8 @@ os.environ['XLA_FLAGS'] = ' '.join((os.environ.get('XLA_FLAGS', ''), TEST_XLA_FL
                                     '--xla_force_host_platform_device_count=8')).strip()
 os.environ.setdefault('JAX_PLATFORMS', 'cpu')
 
-# The launch scripts' allocator settings, before JAX starts (`ccc_jax.host_memory`): tests then
-# run the programs as users' runs do.
+# The launch scripts' allocator and dispatch settings, before JAX starts (`ccc_jax.host_memory`):
+# tests then run the programs as users' runs do.
 from ccc_jax import host_memory  # noqa: E402
 host_memory.keep_freed_memory()
 
